@@ -1,0 +1,123 @@
+"""Service settings: embedded defaults, overridden by a TOML config file, overridden by env vars.
+
+Usage::
+
+    settings = Settings.load()            # ./kus.toml if present, then KUS_* env vars
+    settings = Settings.load(home=tmp)    # tests: everything under one directory
+
+Env vars: KUS_HOME, KUS_CONFIG, KUS_DATABASE_URL, KUS_DELTA_STORE (file:///dir or s3://bucket/prefix),
+KUS_S3_ENDPOINT_URL, KUS_S3_CHECKSUMS (when_required|when_supported), KUS_MODEL_NAME, KUS_BASE_MODEL,
+KUS_EDITOR, KUS_REVIEWERS (comma separated), KUS_TEMPLATES.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from infra.errors import InvalidInput
+
+#: Retention thresholds checked by the GX retention suite (fractions in [0, 1], drift as a ratio).
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "efficacy_min": 0.9,
+    "paraphrase_min": 0.6,
+    "neighbourhood_min": 0.9,
+    "unrelated_retention_min": 0.95,
+    "perplexity_drift_max": 0.10,
+    "fluency_drop_max": 0.10,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs to find its database, stores and model."""
+
+    home: Path
+    database_url: str
+    delta_store_uri: str
+    s3_endpoint_url: str | None = None
+    s3_checksums: str = "when_required"
+    model_name: str = "demo"
+    base_model_path: Path | None = None
+    templates_path: Path | None = None
+    default_editor: str = "ft"
+    reviewers: tuple[str, ...] = ("demo-reviewer",)
+    thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+
+    @property
+    def model_path(self) -> Path:
+        return self.base_model_path or self.home / "models" / self.model_name
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @classmethod
+    def load(cls, home: Path | str | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from defaults, the config file and the environment (in that order)."""
+        env = os.environ if env is None else env
+        home_path = Path(home or env.get("KUS_HOME") or Path.cwd() / "var").resolve()
+        values: dict[str, Any] = {
+            "home": home_path,
+            "database_url": f"sqlite:///{home_path / 'kus.db'}",
+            "delta_store_uri": (home_path / "deltas").as_uri(),
+        }
+        config_path = Path(env.get("KUS_CONFIG", "kus.toml"))
+        if config_path.is_file():
+            values.update(_read_config(config_path))
+        env_map = {
+            "KUS_DATABASE_URL": "database_url",
+            "KUS_DELTA_STORE": "delta_store_uri",
+            "KUS_S3_ENDPOINT_URL": "s3_endpoint_url",
+            "KUS_S3_CHECKSUMS": "s3_checksums",
+            "KUS_MODEL_NAME": "model_name",
+            "KUS_BASE_MODEL": "base_model_path",
+            "KUS_TEMPLATES": "templates_path",
+            "KUS_EDITOR": "default_editor",
+            "KUS_REVIEWERS": "reviewers",
+        }
+        for var, key in env_map.items():
+            if env.get(var):
+                values[key] = env[var]
+        values.update(overrides)
+        return cls(**_coerce(values))
+
+    def with_(self, **changes: Any) -> "Settings":
+        return replace(self, **_coerce(changes))
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"config file {path} is not valid TOML: {exc}") from exc
+    section = data.get("kus", data)
+    known = set(Settings.__dataclass_fields__)
+    unknown = set(section) - known
+    if unknown:
+        raise InvalidInput(f"config file {path}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
+    return dict(section)
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    for key in ("home", "base_model_path", "templates_path"):
+        if isinstance(out.get(key), str):
+            out[key] = Path(out[key])
+    if isinstance(out.get("reviewers"), str):
+        out["reviewers"] = tuple(r.strip() for r in out["reviewers"].split(",") if r.strip())
+    elif isinstance(out.get("reviewers"), list):
+        out["reviewers"] = tuple(out["reviewers"])
+    if "thresholds" in out:
+        merged = dict(DEFAULT_THRESHOLDS)
+        unknown = set(out["thresholds"]) - set(DEFAULT_THRESHOLDS)
+        if unknown:
+            raise InvalidInput(f"unknown thresholds {sorted(unknown)}; known: {sorted(DEFAULT_THRESHOLDS)}")
+        merged.update({k: float(v) for k, v in out["thresholds"].items()})
+        out["thresholds"] = merged
+    if out.get("s3_checksums") not in (None, "when_required", "when_supported"):
+        raise InvalidInput("s3_checksums must be 'when_required' or 'when_supported'")
+    return out
