@@ -1,0 +1,76 @@
+"""FT-L editor: hooks nothing, just trains the chosen MLP output weights on the requests."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from editing.architecture import layout_of, num_layers
+from editing.batches import answer_batch, answer_loss
+from editing.ft.core import constrained_finetune
+from editing.ft.hparams import FTHParams
+from editing.protocol import EditResult
+from editing.trainable import only_these_trainable
+from infra.domain import EditRequest
+from infra.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+
+class FTEditor:
+    name = "ft"
+
+    def compute(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        requests: Sequence[EditRequest],
+        hparams: FTHParams,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> EditResult:
+        if not requests:
+            raise InvalidInput("ft: no edit requests")
+        layout = layout_of(model)
+        depth = num_layers(model)
+        bad = [layer for layer in hparams.layers if not 0 <= layer < depth]
+        if bad:
+            raise InvalidInput(f"ft: layers {bad} out of range for a {depth}-layer model")
+        names = [layout.mlp_out_weight(layer) for layer in hparams.layers]
+        all_params = dict(model.named_parameters())
+        params = {name: all_params[name] for name in names}
+        device = next(model.parameters()).device
+        torch.manual_seed(hparams.seed)
+        batch = answer_batch(tokenizer, [r.prompt for r in requests], [r.target_new for r in requests]).to(device)
+        n = len(requests)
+        chunks = [slice(i, min(i + hparams.batch_size, n)) for i in range(0, n, hparams.batch_size)]
+
+        def loss_fn() -> torch.Tensor:
+            total = torch.zeros((), device=device)
+            for chunk in chunks:
+                logits = model(input_ids=batch.input_ids[chunk], attention_mask=batch.attention_mask[chunk]).logits
+                total = total + answer_loss(logits, batch.rows(chunk), hparams.objective) * (chunk.stop - chunk.start) / n
+            return total
+
+        started = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        with only_these_trainable(model, names):
+            deltas, losses = constrained_finetune(
+                params,
+                loss_fn,
+                steps=hparams.steps,
+                lr=hparams.lr,
+                norm_constraint=hparams.norm_constraint,
+                early_stop_loss=hparams.early_stop_loss,
+                weight_decay=hparams.weight_decay,
+            )
+        model.train(was_training)
+        log.info("ft: %d requests, %d steps, loss %.4f -> %.4f", len(requests), len(losses), losses[0], losses[-1])
+        return EditResult(
+            tensors={f"{name}::dense": delta for name, delta in deltas.items()},
+            stats={"steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1], "seconds": time.perf_counter() - started},
+        )
