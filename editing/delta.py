@@ -23,7 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -152,12 +152,20 @@ class Delta:
         """ΔW per edited parameter, in float32 (low-rank factors multiplied out)."""
         return _updates_from(self.tensors)
 
-    def apply(self, model: nn.Module, verify: bool = True) -> "AppliedDelta":
+    def apply(self, model: nn.Module, verify: bool = True) -> "Revertible":
         """Add the delta to the model in place; returns a handle that can revert it exactly.
+
+        Deltas whose manifest names another `apply_kind` (e.g. modules served unmerged, such as
+        a router over adapters) are applied by the function registered for that kind.
 
         With `verify`, every edited parameter must end at the sha256 the manifest recorded
         (a wrong base or a non-deterministic apply is caught here, and the model is restored).
         """
+        kind = self.manifest.get("apply_kind", "weights")
+        if kind != "weights":
+            if kind not in _APPLIERS:
+                raise InvalidInput(f"delta {self.id[:12]} needs applier {kind!r}; known: {sorted(_APPLIERS)}")
+            return _APPLIERS[kind](self, model)
         params = dict(model.named_parameters())
         updates = self.weight_updates()
         missing = [name for name in updates if name not in params]
@@ -186,6 +194,20 @@ class Delta:
                         "the base model differs from the one the delta was computed on"
                     )
         return applied
+
+
+class Revertible(Protocol):
+    def revert(self) -> None: ...
+
+
+_APPLIERS: dict[str, Callable[["Delta", nn.Module], Revertible]] = {}
+
+
+def register_applier(kind: str, applier: Callable[["Delta", nn.Module], Revertible]) -> None:
+    """Teach `Delta.apply` a new `apply_kind` (for deltas that are not plain weight additions)."""
+    if kind == "weights" or (kind in _APPLIERS and _APPLIERS[kind] is not applier):
+        raise InvalidInput(f"applier {kind!r} is already registered")
+    _APPLIERS[kind] = applier
 
 
 @dataclass

@@ -2,7 +2,13 @@
 
 An editor *computes* an update and leaves the model unchanged; applying and reverting belong to
 `Delta`. Sequential editors receive the state they carried out of the previous refresh (e.g.
-AlphaEdit's accumulated keys) and return the state to carry into the next one.
+AlphaEdit's accumulated keys) in `EditContext.state` and return the state to carry into the next
+one in `EditResult.state`; the service stores it in the delta (`state::<name>` tensors).
+
+Adding an editor: a package `editing/<name>/` with `hparams.py` (frozen dataclass validated in
+`__post_init__`), `core.py` (pure tensor math), `editor.py` (the `Editor`), `defaults.json` (per
+model family), and one `register(EditorSpec(...))` call in its `__init__.py`; then one import line
+in `editing.registry._load_builtin`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,32 @@ import torch
 from torch import nn
 
 from infra.domain import EditRequest
+
+
+class BlobCache(Protocol):
+    """Content cache for expensive, reusable artefacts (e.g. key covariance statistics)."""
+
+    def get_blob(self, key: str) -> bytes | None: ...
+
+    def put_blob(self, key: str, data: bytes) -> str: ...
+
+
+@dataclass(frozen=True)
+class EditContext:
+    """Everything an editor may use besides the model and the requests; all optional.
+
+    state:        tensors the editor carried out of the previous delta in the chain (sequential editing)
+    cache:        where to keep reusable statistics, keyed by `model_fingerprint`
+    fact_pool:    (prompt, answer) pairs the model knows and must keep, for regularisers and forgetting
+    corpus:       generic text for statistics of the edited layers' keys
+    """
+
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    cache: BlobCache | None = None
+    fact_pool: tuple[tuple[str, str], ...] = ()
+    corpus: tuple[str, ...] = ()
+    model_fingerprint: str = ""
+    show_progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,5 +68,5 @@ class Editor(Protocol):
         tokenizer: Any,
         requests: Sequence[EditRequest],
         hparams: Any,
-        state: dict[str, torch.Tensor] | None = None,
+        context: EditContext | None = None,
     ) -> EditResult: ...

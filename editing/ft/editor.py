@@ -13,7 +13,7 @@ from editing.architecture import layout_of, num_layers
 from editing.batches import answer_batch, answer_loss
 from editing.ft.core import constrained_finetune
 from editing.ft.hparams import FTHParams
-from editing.protocol import EditResult
+from editing.protocol import EditContext, EditResult
 from editing.trainable import only_these_trainable
 from infra.domain import EditRequest
 from infra.errors import InvalidInput
@@ -30,7 +30,7 @@ class FTEditor:
         tokenizer: Any,
         requests: Sequence[EditRequest],
         hparams: FTHParams,
-        state: dict[str, torch.Tensor] | None = None,
+        context: EditContext | None = None,
     ) -> EditResult:
         if not requests:
             raise InvalidInput("ft: no edit requests")
