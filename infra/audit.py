@@ -1,0 +1,223 @@
+"""The audit trail: an append-only, hash-chained log of everything the service does.
+
+Usage::
+
+    with db.session() as session:
+        update_run(session, run.id, "promoted")
+        append_event(session, "alice", "run.promoted", f"run:{run.id}", {"delta": sha})
+    with db.session() as session:
+        report = verify_chain(session)     # ChainReport(ok=True, events_checked=..., ...)
+        export_events(session, Path("audit.jsonl"), "jsonl")
+
+Each event's ``hash`` is ``sha256(prev_hash + canonical_json(event))`` where the canonical JSON
+holds seq, at (ISO 8601, UTC, microseconds), actor, action, subject and payload with sorted keys
+and no spaces; the first event's ``prev_hash`` is 64 zeros. The database refuses UPDATE and
+DELETE on the table (triggers from migration 0001); the chain catches anyone who got round them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from infra.db.models import AuditEventRow, utc, utcnow
+from infra.errors import InvalidInput
+
+GENESIS_HASH = "0" * 64
+_PG_AUDIT_LOCK_CLASS = 0x61756474  # "audt": serialises appenders within one schema
+_BATCH = 1000
+EXPORT_FIELDS = ("seq", "at", "actor", "action", "subject", "payload", "prev_hash", "hash")
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The event as plain JSON values (``at`` as ISO text), the shape of an export line."""
+        return {
+            "seq": self.seq,
+            "at": _iso(self.at),
+            "actor": self.actor,
+            "action": self.action,
+            "subject": self.subject,
+            "payload": self.payload,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    events_checked: int
+    first_bad_seq: int | None
+    problem: str | None
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no spaces, ASCII only, no NaN/Infinity: the same text on every machine."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def event_hash(
+    prev_hash: str, seq: int, at: datetime, actor: str, action: str, subject: str, payload: dict[str, Any]
+) -> str:
+    body = canonical_json(
+        {"seq": seq, "at": _iso(at), "actor": actor, "action": action, "subject": subject, "payload": payload}
+    )
+    return hashlib.sha256((prev_hash + body).encode("ascii")).hexdigest()
+
+
+def append_event(session: Session, actor: str, action: str, subject: str, payload: dict[str, Any]) -> AuditEvent:
+    """Append one event in the caller's transaction (it commits or rolls back with the business change).
+
+    Appenders are serialised: on PostgreSQL by a transaction-scoped advisory lock, on SQLite by
+    the ``BEGIN IMMEDIATE`` of every unit of work, so two writers never take the same seq.
+
+    Raises:
+        InvalidInput: the payload is not a JSON object of plain JSON values.
+    """
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"audit payload must be a JSON object, got {type(payload).__name__}")
+    try:
+        # Normalise (tuples become lists, keys must be strings) so what is stored is what was hashed.
+        stored_payload = json.loads(canonical_json(payload))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"audit payload for {action} is not plain JSON: {exc}") from exc
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:cls, hashtext(current_schema()))"),
+            {"cls": _PG_AUDIT_LOCK_CLASS},
+        )
+    last = session.execute(
+        sa.select(AuditEventRow.seq, AuditEventRow.hash).order_by(AuditEventRow.seq.desc()).limit(1)
+    ).first()
+    seq, prev_hash = (last.seq + 1, last.hash) if last is not None else (1, GENESIS_HASH)
+    at = utcnow()
+    digest = event_hash(prev_hash, seq, at, actor, action, subject, stored_payload)
+    row = AuditEventRow(
+        seq=seq,
+        at=at,
+        actor=actor,
+        action=action,
+        subject=subject,
+        payload=stored_payload,
+        prev_hash=prev_hash,
+        hash=digest,
+    )
+    session.add(row)
+    session.flush()
+    return _event(row)
+
+
+def list_events(session: Session, after_seq: int = 0, limit: int | None = None) -> list[AuditEvent]:
+    """Events with ``seq > after_seq``, oldest first."""
+    query = sa.select(AuditEventRow).where(AuditEventRow.seq > after_seq).order_by(AuditEventRow.seq)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_event(r) for r in session.scalars(query)]
+
+
+def verify_chain(session: Session) -> ChainReport:
+    """Walk the whole chain and report the first event that does not hold.
+
+    Detected: a changed row (its hash no longer matches its content), a deleted row (a gap in
+    seq, or a ``prev_hash`` that does not match the event before), a forged first event.
+    Not detectable by design: a truncated tail (the newest events deleted). A chain checks its
+    past, not its length; compare the last hash with one kept elsewhere (an export, a ticket,
+    a signed note) to catch that.
+    """
+    checked = 0
+    expected_seq, expected_prev = 1, GENESIS_HASH
+    for event in _iter_events(session):
+        checked += 1
+        if event.seq != expected_seq:
+            missing = f"{expected_seq}" if event.seq == expected_seq + 1 else f"{expected_seq}..{event.seq - 1}"
+            return ChainReport(False, checked, event.seq, f"seq {missing} missing before seq {event.seq} (deleted)")
+        recomputed = event_hash(
+            event.prev_hash, event.seq, event.at, event.actor, event.action, event.subject, event.payload
+        )
+        if recomputed != event.hash:
+            return ChainReport(False, checked, event.seq, f"seq {event.seq}: content does not match its hash (changed)")
+        if event.prev_hash != expected_prev:
+            return ChainReport(
+                False, checked, event.seq, f"seq {event.seq}: prev_hash does not match the hash of the event before"
+            )
+        expected_seq, expected_prev = event.seq + 1, event.hash
+    return ChainReport(True, checked, None, None)
+
+
+def export_events(session: Session, path: Path, fmt: Literal["jsonl", "csv"]) -> int:
+    """Write every event to `path` (JSON lines, or CSV with the payload as canonical JSON).
+
+    The file is written next to `path` and renamed into place, so a reader never sees half of it.
+
+    Returns:
+        The number of events written.
+    """
+    if fmt not in ("jsonl", "csv"):
+        raise InvalidInput(f"unknown export format {fmt!r}; use 'jsonl' or 'csv'")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    count = 0
+    with tmp.open("w", encoding="utf-8", newline="") as out:
+        if fmt == "jsonl":
+            for event in _iter_events(session):
+                out.write(canonical_json(event.as_json()) + "\n")
+                count += 1
+        else:
+            writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
+            writer.writeheader()
+            for event in _iter_events(session):
+                line = event.as_json()
+                line["payload"] = canonical_json(event.payload)
+                writer.writerow(line)
+                count += 1
+    os.replace(tmp, path)
+    return count
+
+
+def _iter_events(session: Session) -> Iterator[AuditEvent]:
+    after = 0
+    while True:
+        batch = list_events(session, after_seq=after, limit=_BATCH)
+        yield from batch
+        if len(batch) < _BATCH:
+            return
+        after = batch[-1].seq
+
+
+def _iso(at: datetime) -> str:
+    return utc(at).isoformat(timespec="microseconds")
+
+
+def _event(row: AuditEventRow) -> AuditEvent:
+    return AuditEvent(
+        seq=row.seq,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        subject=row.subject,
+        payload=row.payload,
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
