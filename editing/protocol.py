@@ -50,11 +50,16 @@ class EditContext:
 
 @dataclass(frozen=True)
 class EditResult:
-    """What an editor computed: tensors for a `Delta` (`<param>::dense|u|v`) plus carried state."""
+    """What an editor computed: tensors for a `Delta` (`<param>::dense|u|v`) plus carried state.
+
+    `apply_kind` names how the delta is applied: "weights" (added to parameters) or a kind
+    registered with `editing.delta.register_applier` (modules served unmerged).
+    """
 
     tensors: dict[str, torch.Tensor]
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    apply_kind: str = "weights"
 
 
 class Editor(Protocol):
