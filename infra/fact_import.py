@@ -1,0 +1,327 @@
+"""Read facts and relation templates from files a user owns.
+
+Usage::
+
+    templates = load_templates(Path("catalogue/templates.yaml"))
+    result = read_facts(Path("prices.csv"), known_relations=templates.relations())
+    for error in result.errors:
+        print(f"line {error.line}: {error.reason}")
+    upsert_facts(session, result.facts, changed_by="import")
+
+Facts: CSV with the header ``subject,relation,object[,valid_from]``, or JSON lines (``.jsonl``,
+``.json``) with the same keys. Bad rows come back as :class:`RowError` with a reason; good rows
+still come back. ``valid_from`` is ISO 8601 (a date, or a date and time); without an offset it
+is taken as UTC.
+
+Templates (YAML or JSON)::
+
+    relations:
+      price:
+        prompt: "The price of {subject} is"
+        paraphrases: ["{subject} costs", "{subject} sells for"]
+        answer_format: "{object}"        # optional
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from string import Formatter
+from typing import Any
+
+import yaml
+
+from infra.domain import Fact, RelationTemplate, RelationTemplates
+from infra.errors import InvalidInput, NotFound
+
+REQUIRED_FIELDS = ("subject", "relation", "object")
+OPTIONAL_FIELDS = ("valid_from",)
+CSV_SUFFIXES = (".csv",)
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+TEMPLATE_KEYS = ("prompt", "paraphrases", "answer_format")
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One refused row: its line in the file (1-based, the header is line 1), why, and its text."""
+
+    line: int
+    reason: str
+    raw: str
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    facts: list[Fact]
+    errors: list[RowError]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    line: int
+    raw: str
+    fact: Fact
+
+
+def read_facts(
+    path: Path, known_relations: Collection[str] | None = None, source: str | None = None
+) -> ImportResult:
+    """Read facts from a CSV or JSON-lines file, keeping good rows and explaining bad ones.
+
+    Args:
+        path: a ``.csv``, ``.jsonl`` or ``.json`` (JSON lines) file.
+        known_relations: when given, a row with any other relation is refused.
+        source: recorded as each fact's ``source``; defaults to the file name.
+
+    Raises:
+        NotFound: the file does not exist.
+        InvalidInput: the file type is unknown, or a CSV header lacks a required column or has
+            an unknown one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"facts file {path} does not exist")
+    suffix = path.suffix.lower()
+    source_name = source or path.name
+    known = set(known_relations) if known_relations is not None else None
+    if suffix in CSV_SUFFIXES:
+        rows = _csv_rows(path)
+    elif suffix in JSONL_SUFFIXES:
+        rows = _jsonl_rows(path)
+    else:
+        raise InvalidInput(
+            f"{path}: unknown facts file type {suffix!r}; use {', '.join(CSV_SUFFIXES + JSONL_SUFFIXES)}"
+        )
+    parsed: list[_Parsed] = []
+    errors: list[RowError] = []
+    for line, raw, values, problem in rows:
+        fact: Fact | None = None
+        if problem is None:
+            fact, problem = _to_fact(values, known, source_name)
+        if fact is None:
+            errors.append(RowError(line, problem or "unreadable row", raw))
+        else:
+            parsed.append(_Parsed(line, raw, fact))
+    facts, conflicts = _drop_conflicts(parsed)
+    errors.extend(conflicts)
+    errors.sort(key=lambda e: e.line)
+    return ImportResult(facts=facts, errors=errors)
+
+
+_Row = tuple[int, str, dict[str, Any], str | None]  # line, raw text, values, problem
+
+
+def _csv_rows(path: Path) -> Iterator[_Row]:
+    lines = path.read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    consumed: list[str] = []
+
+    def feed() -> Iterator[str]:
+        for text in lines:
+            consumed.append(text)
+            yield text
+
+    reader = csv.reader(feed())
+    header = next(reader, None)
+    if header is None:
+        raise InvalidInput(f"{path}: empty file; expected the header {','.join(REQUIRED_FIELDS)}[,valid_from]")
+    header = [h.strip() for h in header]
+    missing = [f for f in REQUIRED_FIELDS if f not in header]
+    unknown = [h for h in header if h not in REQUIRED_FIELDS + OPTIONAL_FIELDS]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing column(s) {', '.join(missing)}")
+        if unknown:
+            parts.append(f"unknown column(s) {', '.join(unknown)}")
+        raise InvalidInput(
+            f"{path}: header {','.join(header)}: {'; '.join(parts)}; "
+            f"expected {','.join(REQUIRED_FIELDS)}[,{','.join(OPTIONAL_FIELDS)}]"
+        )
+    duplicated = sorted({h for h in header if header.count(h) > 1})
+    if duplicated:
+        raise InvalidInput(f"{path}: header repeats column(s) {', '.join(duplicated)}")
+    consumed.clear()
+    for cells in reader:
+        raw = "".join(consumed).rstrip("\r\n")
+        consumed.clear()
+        line = reader.line_num
+        if not cells or (len(cells) == 1 and not cells[0].strip()):
+            continue  # a blank line
+        absent = header[len(cells) :]
+        if absent and all(name in OPTIONAL_FIELDS for name in absent):
+            cells = cells + [""] * len(absent)  # trailing optional columns may be left off
+        if len(cells) < len(header):
+            required = [name for name in absent if name in REQUIRED_FIELDS]
+            yield line, raw, {}, (
+                f"missing column(s) {', '.join(required)} (row has {len(cells)} of {len(header)} cells)"
+            )
+        elif len(cells) > len(header):
+            yield line, raw, {}, f"too many cells: {len(cells)} for {len(header)} columns"
+        else:
+            yield line, raw, dict(zip(header, cells)), None
+
+
+def _jsonl_rows(path: Path) -> Iterator[_Row]:
+    with path.open(encoding="utf-8-sig") as handle:
+        for line, text in enumerate(handle, start=1):
+            raw = text.rstrip("\r\n")
+            if not raw.strip():
+                continue
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                yield line, raw, {}, f"malformed JSON: {exc.msg} at column {exc.colno}"
+                continue
+            if not isinstance(value, dict):
+                yield line, raw, {}, f"expected a JSON object, got {type(value).__name__}"
+                continue
+            missing = [f for f in REQUIRED_FIELDS if f not in value]
+            unknown = sorted(k for k in value if k not in REQUIRED_FIELDS + OPTIONAL_FIELDS)
+            if missing:
+                yield line, raw, {}, f"missing field(s) {', '.join(missing)}"
+            elif unknown:
+                yield line, raw, {}, (
+                    f"unknown field(s) {', '.join(unknown)}; expected {', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}"
+                )
+            else:
+                yield line, raw, value, None
+
+
+def _to_fact(values: dict[str, Any], known: set[str] | None, source: str) -> tuple[Fact | None, str | None]:
+    clean: dict[str, str] = {}
+    for name in REQUIRED_FIELDS + OPTIONAL_FIELDS:
+        value = values.get(name)
+        if value is None:
+            if name in REQUIRED_FIELDS:
+                return None, f"empty field {name}"
+            continue
+        if not isinstance(value, str):
+            return None, f"field {name} must be a string, got {type(value).__name__} {json.dumps(value)}"
+        value = value.strip()
+        if not value and name in REQUIRED_FIELDS:
+            return None, f"empty field {name}"
+        clean[name] = value
+    if known is not None and clean["relation"] not in known:
+        listed = ", ".join(sorted(known)) or "none"
+        return None, f"unknown relation {clean['relation']!r}; known relations: {listed}"
+    valid_from: datetime | None = None
+    if clean.get("valid_from"):
+        try:
+            valid_from = datetime.fromisoformat(clean["valid_from"])
+        except ValueError:
+            return None, f"bad ISO date in valid_from: {clean['valid_from']!r}"
+        if valid_from.tzinfo is None:
+            valid_from = valid_from.replace(tzinfo=timezone.utc)
+        valid_from = valid_from.astimezone(timezone.utc)
+    return Fact(clean["subject"], clean["relation"], clean["object"], valid_from=valid_from, source=source), None
+
+
+def _drop_conflicts(parsed: list[_Parsed]) -> tuple[list[Fact], list[RowError]]:
+    """Refuse every row of a (subject, relation) the file gives different objects; keep the first
+    of identical repeats."""
+    by_key: dict[tuple[str, str], list[_Parsed]] = {}
+    for item in parsed:
+        by_key.setdefault((item.fact.subject, item.fact.relation), []).append(item)
+    facts: list[Fact] = []
+    errors: list[RowError] = []
+    for item in parsed:
+        group = by_key[(item.fact.subject, item.fact.relation)]
+        objects = {g.fact.object for g in group}
+        if len(objects) > 1:
+            others = ", ".join(f"line {g.line} says {g.fact.object!r}" for g in group if g is not item)
+            errors.append(
+                RowError(
+                    item.line,
+                    f"conflict: {item.fact.subject!r} {item.fact.relation} is {item.fact.object!r} here "
+                    f"but {others}; all these rows are refused",
+                    item.raw,
+                )
+            )
+        elif group[0] is item:
+            facts.append(item.fact)
+    return facts, errors
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def load_templates(path: Path) -> RelationTemplates:
+    """Load relation templates from a YAML (``.yaml``/``.yml``) or JSON file, strictly.
+
+    Raises:
+        NotFound: the file does not exist.
+        InvalidInput: naming the file and the relation, when a template lacks ``{subject}``, uses
+            another placeholder, has no paraphrases, has unknown keys, or the file is malformed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"templates file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            raise InvalidInput(f"{path}: unknown templates file type {path.suffix!r}; use .yaml, .yml or .json")
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("relations"), dict):
+        raise InvalidInput(f"{path}: expected a mapping with a 'relations' mapping at the top")
+    extra = sorted(set(data) - {"relations"})
+    if extra:
+        raise InvalidInput(f"{path}: unknown top-level key(s) {', '.join(map(str, extra))}; expected relations")
+    if not data["relations"]:
+        raise InvalidInput(f"{path}: no relations defined")
+    templates: dict[str, RelationTemplate] = {}
+    for name, spec in data["relations"].items():
+        templates[str(name)] = _template(path, str(name), spec)
+    return RelationTemplates(templates)
+
+
+def _template(path: Path, name: str, spec: Any) -> RelationTemplate:
+    where = f"{path}: relation {name!r}"
+    if not isinstance(spec, dict):
+        raise InvalidInput(f"{where}: expected a mapping with keys {', '.join(TEMPLATE_KEYS)}")
+    unknown = sorted(set(map(str, spec)) - set(TEMPLATE_KEYS))
+    if unknown:
+        raise InvalidInput(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(TEMPLATE_KEYS)}")
+    prompt = spec.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidInput(f"{where}: prompt must be a non-empty string")
+    _check_placeholders(where, "prompt", prompt, "subject")
+    paraphrases = spec.get("paraphrases")
+    if isinstance(paraphrases, str) or not isinstance(paraphrases, list) or not paraphrases:
+        raise InvalidInput(f"{where}: has no paraphrases; give a non-empty list of templates with {{subject}}")
+    for i, paraphrase in enumerate(paraphrases):
+        if not isinstance(paraphrase, str) or not paraphrase.strip():
+            raise InvalidInput(f"{where}: paraphrase {i + 1} must be a non-empty string")
+        _check_placeholders(where, f"paraphrase {i + 1}", paraphrase, "subject")
+    answer_format = spec.get("answer_format", "{object}")
+    if not isinstance(answer_format, str):
+        raise InvalidInput(f"{where}: answer_format must be a string containing {{object}}")
+    _check_placeholders(where, "answer_format", answer_format, "object")
+    return RelationTemplate(name, prompt, tuple(paraphrases), answer_format)
+
+
+def _check_placeholders(where: str, what: str, template: str, required: str) -> None:
+    try:
+        names = {field for _, field, _, _ in Formatter().parse(template) if field is not None}
+    except ValueError as exc:
+        raise InvalidInput(f"{where}: {what} {template!r} is not a valid template: {exc}") from exc
+    if required not in names:
+        raise InvalidInput(f"{where}: {what} {template!r} lacks {{{required}}}")
+    other = sorted(names - {required})
+    if other:
+        raise InvalidInput(
+            f"{where}: {what} {template!r} uses unknown placeholder(s) {', '.join('{' + n + '}' for n in other)}; "
+            f"only {{{required}}} is filled in"
+        )

@@ -1,0 +1,189 @@
+"""Reading facts (CSV / JSON lines) and relation templates (YAML / JSON) from user files."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from infra.domain import Fact
+from infra.errors import InvalidInput, NotFound
+from infra.fact_import import ImportResult, RowError, load_templates, read_facts
+
+KNOWN = ("price", "colour", "weight")
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _reasons(result: ImportResult) -> dict[int, str]:
+    return {e.line: e.reason for e in result.errors}
+
+
+def test_csv_good_and_bad_rows(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "facts.csv",
+        "subject,relation,object,valid_from\n"
+        "Acme X100,price,$199,2026-01-05\n"  # 2
+        '"Acme, Pro",colour,red,2026-01-05T10:00:00+01:00\n'  # 3
+        "Acme X200,price,,\n"  # 4
+        "Acme X300,height,12 cm,\n"  # 5
+        "Acme X400,weight,3 kg,05/01/2026\n"  # 6
+        "Acme X500,price\n"  # 7
+        "Acme X550,price,$55\n"  # 8: the optional valid_from may be left off
+        "\n"
+        "Acme X600,price,$5,,extra\n"  # 10
+        "  Acme X700 , weight , 2 kg ,\n",  # 11
+    )
+    result = read_facts(path, known_relations=KNOWN)
+    assert result.facts == [
+        Fact("Acme X100", "price", "$199", datetime(2026, 1, 5, tzinfo=timezone.utc), "facts.csv"),
+        Fact("Acme, Pro", "colour", "red", datetime(2026, 1, 5, 9, tzinfo=timezone.utc), "facts.csv"),
+        Fact("Acme X550", "price", "$55", None, "facts.csv"),
+        Fact("Acme X700", "weight", "2 kg", None, "facts.csv"),
+    ]
+    assert _reasons(result) == {
+        4: "empty field object",
+        5: "unknown relation 'height'; known relations: colour, price, weight",
+        6: "bad ISO date in valid_from: '05/01/2026'",
+        7: "missing column(s) object (row has 2 of 4 cells)",
+        10: "too many cells: 5 for 4 columns",
+    }
+    assert result.errors[0] == RowError(4, "empty field object", "Acme X200,price,,")
+    assert not result.ok
+
+
+def test_csv_header_problems_are_refused_whole(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match=r"missing column\(s\) object"):
+        read_facts(_write(tmp_path, "a.csv", "subject,relation\nX,price\n"))
+    with pytest.raises(InvalidInput, match=r"unknown column\(s\) colour"):
+        read_facts(_write(tmp_path, "b.csv", "subject,relation,object,colour\n"))
+    with pytest.raises(InvalidInput, match="empty file"):
+        read_facts(_write(tmp_path, "c.csv", ""))
+    with pytest.raises(InvalidInput, match="unknown facts file type"):
+        read_facts(_write(tmp_path, "d.txt", "subject,relation,object\n"))
+    with pytest.raises(NotFound):
+        read_facts(tmp_path / "missing.csv")
+
+
+def test_jsonl_good_and_bad_rows(tmp_path: Path) -> None:
+    rows = [
+        json.dumps({"subject": "X1", "relation": "price", "object": "$1"}),  # 1
+        '{"subject": "X2", "relation": "price", "object": ',  # 2
+        json.dumps(["X3", "price", "$3"]),  # 3
+        json.dumps({"subject": "X4", "relation": "price"}),  # 4
+        json.dumps({"subject": "X5", "relation": "price", "object": 5}),  # 5
+        json.dumps({"subject": "X6", "relation": "price", "object": "$6", "note": "x"}),  # 6
+        "",  # 7
+        json.dumps({"subject": " ", "relation": "price", "object": "$8"}),  # 8
+        json.dumps({"subject": "X9", "relation": "colour", "object": "red", "valid_from": "2026-02-30"}),  # 9
+        json.dumps({"subject": "X10", "relation": "colour", "object": "blue", "valid_from": "2026-02-03T04:05:06Z"}),
+    ]
+    result = read_facts(_write(tmp_path, "facts.jsonl", "\n".join(rows) + "\n"), source="erp")
+    assert result.facts == [
+        Fact("X1", "price", "$1", None, "erp"),
+        Fact("X10", "colour", "blue", datetime(2026, 2, 3, 4, 5, 6, tzinfo=timezone.utc), "erp"),
+    ]
+    reasons = _reasons(result)
+    assert reasons[2].startswith("malformed JSON: Expecting value")
+    assert reasons == {
+        2: reasons[2],
+        3: "expected a JSON object, got list",
+        4: "missing field(s) object",
+        5: "field object must be a string, got int 5",
+        6: "unknown field(s) note; expected subject, relation, object, valid_from",
+        8: "empty field subject",
+        9: "bad ISO date in valid_from: '2026-02-30'",
+    }
+    assert result.errors[1].raw == rows[2]
+
+
+def test_json_suffix_is_read_as_json_lines(tmp_path: Path) -> None:
+    path = _write(tmp_path, "facts.json", json.dumps({"subject": "X", "relation": "price", "object": "$1"}) + "\n")
+    assert read_facts(path).facts == [Fact("X", "price", "$1", None, "facts.json")]
+
+
+def test_conflicting_rows_are_all_refused_and_repeats_kept_once(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "facts.csv",
+        "subject,relation,object\n"
+        "X1,price,$1\n"  # 2
+        "X2,price,$2\n"  # 3
+        "X1,price,$9\n"  # 4
+        "X2,price,$2\n"  # 5: identical repeat, harmless
+        "X1,colour,red\n",  # 6
+    )
+    result = read_facts(path, known_relations=KNOWN)
+    assert [(f.subject, f.relation, f.object) for f in result.facts] == [("X2", "price", "$2"), ("X1", "colour", "red")]
+    assert [e.line for e in result.errors] == [2, 4]
+    assert result.errors[0].reason == (
+        "conflict: 'X1' price is '$1' here but line 4 says '$9'; all these rows are refused"
+    )
+    assert result.errors[1].reason == (
+        "conflict: 'X1' price is '$9' here but line 2 says '$1'; all these rows are refused"
+    )
+
+
+GOOD_YAML = """
+relations:
+  price:
+    prompt: "The price of {subject} is"
+    paraphrases: ["{subject} costs", "{subject} sells for"]
+  colour:
+    prompt: "The colour of {subject} is"
+    paraphrases: ["{subject} comes in"]
+    answer_format: " {object}"
+"""
+
+
+def test_load_templates_yaml_and_json(tmp_path: Path) -> None:
+    templates = load_templates(_write(tmp_path, "t.yaml", GOOD_YAML))
+    assert templates.relations() == ["colour", "price"]
+    assert templates["price"].render("X1") == "The price of X1 is"
+    assert templates["price"].render_paraphrases("X1") == ("X1 costs", "X1 sells for")
+    assert templates["price"].answer_format == "{object}"
+    assert templates["colour"].answer_format == " {object}"
+    as_json = {"relations": {"price": {"prompt": "The price of {subject} is", "paraphrases": ["{subject} costs"]}}}
+    assert load_templates(_write(tmp_path, "t.json", json.dumps(as_json))).relations() == ["price"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"prompt": "The price is", "paraphrases": ["{subject} costs"]}, r"prompt 'The price is' lacks \{subject\}"),
+        ({"prompt": "{subject} is", "paraphrases": ["it costs"]}, r"paraphrase 1 'it costs' lacks \{subject\}"),
+        ({"prompt": "{subject} is", "paraphrases": []}, "has no paraphrases"),
+        ({"prompt": "{subject} is"}, "has no paraphrases"),
+        ({"prompt": "{subject} is", "paraphrases": ["{subject} x"], "examples": []}, r"unknown key\(s\) examples"),
+        ({"prompt": "{subject} of {product}", "paraphrases": ["{subject}"]}, r"unknown placeholder\(s\) \{product\}"),
+        ({"prompt": "{subject", "paraphrases": ["{subject}"]}, "not a valid template"),
+        ({"prompt": "{subject}", "paraphrases": ["{subject}"], "answer_format": "x"}, r"answer_format 'x' lacks \{object\}"),
+    ],
+)
+def test_bad_templates_name_file_and_relation(tmp_path: Path, spec: dict, message: str) -> None:
+    path = _write(tmp_path, "templates.json", json.dumps({"relations": {"price": spec}}))
+    with pytest.raises(InvalidInput, match=message) as info:
+        load_templates(path)
+    assert str(path) in str(info.value) and "relation 'price'" in str(info.value)
+
+
+def test_bad_template_files(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="not valid YAML"):
+        load_templates(_write(tmp_path, "a.yaml", "relations: [unclosed\n"))
+    with pytest.raises(InvalidInput, match="'relations' mapping"):
+        load_templates(_write(tmp_path, "b.yaml", "price: {}\n"))
+    with pytest.raises(InvalidInput, match=r"unknown top-level key\(s\) version"):
+        load_templates(_write(tmp_path, "c.yaml", GOOD_YAML + "version: 2\n"))
+    with pytest.raises(InvalidInput, match="no relations"):
+        load_templates(_write(tmp_path, "d.json", '{"relations": {}}'))
+    with pytest.raises(InvalidInput, match="unknown templates file type"):
+        load_templates(_write(tmp_path, "e.toml", ""))
+    with pytest.raises(NotFound):
+        load_templates(tmp_path / "missing.yaml")
