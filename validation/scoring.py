@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["greedy_answers", "answer_nll", "perplexity", "generate_texts", "encode_pairs"]
+__all__ = ["greedy_answers", "answer_nll", "answer_scores", "perplexity", "generate_texts", "encode_pairs"]
 
 
 @contextlib.contextmanager
@@ -173,30 +173,43 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     return answers
 
 
-def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-    """Mean per-token NLL of ``" " + answer`` given the prompt (teacher forcing, eos not scored).
+def answer_scores(
+    model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced scores of ``" " + answer`` given each prompt (eos not scored).
 
-    Returns a float tensor of shape [n] on the CPU; ``exp(-nll)`` is methods.md 1.1's P(y|x).
+    Returns ``(nll, exact)``, both shape [n] on the CPU: the mean per-token NLL (float64) and
+    whether every answer token is the argmax under teacher forcing (bool; methods.md 1.1's
+    "rewrite accuracy").
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     pairs = encode_pairs(tokenizer, prompts, answers)
     pad_id = _pad_id(tokenizer)
     device = _device(model)
-    result = torch.empty(len(pairs), dtype=torch.float64)
+    nll = torch.empty(len(pairs), dtype=torch.float64)
+    exact = torch.empty(len(pairs), dtype=torch.bool)
     with _inference(model):
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
-            rows = [p + a for p, a in chunk]
-            ids, mask = _right_pad(rows, pad_id, device)
+            ids, mask = _right_pad([p + a for p, a in chunk], pad_id, device)
             logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # [b, t, v]
             for i, (p, a) in enumerate(chunk):
-                # token j of the answer sits at position len(p)+j and is predicted at len(p)+j-1
+                # answer token j sits at position len(p)+j and is predicted at position len(p)+j-1
                 pos = torch.arange(len(p) - 1, len(p) + len(a) - 1, device=device)
                 target = torch.tensor(a, dtype=torch.long, device=device)
-                token_lp = logprobs[i, pos, target]  # [len(a)]
-                result[start + i] = -token_lp.double().mean().cpu()
-    return result
+                rows = logprobs[i, pos]  # [len(a), v]
+                nll[start + i] = -rows.gather(-1, target[:, None]).double().mean().cpu()
+                exact[start + i] = bool((rows.argmax(-1) == target).all())
+    return nll, exact
+
+
+def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """Mean per-token NLL of ``" " + answer`` given the prompt (teacher forcing, eos not scored).
+
+    Returns a float64 tensor of shape [n] on the CPU; ``exp(-nll)`` is methods.md 1.1's P(y|x).
+    """
+    return answer_scores(model, tokenizer, prompts, answers, batch_size)[0]
 
 
 def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> float:
