@@ -86,7 +86,9 @@ def event_hash(
     return hashlib.sha256((prev_hash + body).encode("ascii")).hexdigest()
 
 
-def append_event(session: Session, actor: str, action: str, subject: str, payload: dict[str, Any]) -> AuditEvent:
+def append_event(
+    session: Session, actor: str, action: str, subject: str, payload: dict[str, Any]
+) -> AuditEvent:
     """Append one event in the caller's transaction (it commits or rolls back with the business change).
 
     Appenders are serialised: on PostgreSQL by a transaction-scoped advisory lock, on SQLite by
@@ -150,17 +152,16 @@ def verify_chain(session: Session) -> ChainReport:
     for event in _iter_events(session):
         checked += 1
         if event.seq != expected_seq:
-            missing = f"{expected_seq}" if event.seq == expected_seq + 1 else f"{expected_seq}..{event.seq - 1}"
-            return ChainReport(False, checked, event.seq, f"seq {missing} missing before seq {event.seq} (deleted)")
+            gap = f"{expected_seq}" if event.seq == expected_seq + 1 else f"{expected_seq}..{event.seq - 1}"
+            return _bad(checked, event.seq, f"seq {gap} missing before seq {event.seq} (deleted)")
         recomputed = event_hash(
             event.prev_hash, event.seq, event.at, event.actor, event.action, event.subject, event.payload
         )
         if recomputed != event.hash:
-            return ChainReport(False, checked, event.seq, f"seq {event.seq}: content does not match its hash (changed)")
+            return _bad(checked, event.seq, f"seq {event.seq}: content does not match its hash (changed)")
         if event.prev_hash != expected_prev:
-            return ChainReport(
-                False, checked, event.seq, f"seq {event.seq}: prev_hash does not match the hash of the event before"
-            )
+            problem = f"seq {event.seq}: prev_hash does not match the previous event's hash"
+            return _bad(checked, event.seq, problem)
         expected_seq, expected_prev = event.seq + 1, event.hash
     return ChainReport(True, checked, None, None)
 
@@ -204,6 +205,10 @@ def _iter_events(session: Session) -> Iterator[AuditEvent]:
         if len(batch) < _BATCH:
             return
         after = batch[-1].seq
+
+
+def _bad(checked: int, seq: int, problem: str) -> ChainReport:
+    return ChainReport(ok=False, events_checked=checked, first_bad_seq=seq, problem=problem)
 
 
 def _iso(at: datetime) -> str:

@@ -131,7 +131,9 @@ def _csv_rows(path: Path) -> Iterator[_Row]:
     reader = csv.reader(feed())
     header = next(reader, None)
     if header is None:
-        raise InvalidInput(f"{path}: empty file; expected the header {','.join(REQUIRED_FIELDS)}[,valid_from]")
+        raise InvalidInput(
+            f"{path}: empty file; expected the header {','.join(REQUIRED_FIELDS)}[,valid_from]"
+        )
     header = [h.strip() for h in header]
     missing = [f for f in REQUIRED_FIELDS if f not in header]
     unknown = [h for h in header if h not in REQUIRED_FIELDS + OPTIONAL_FIELDS]
@@ -189,7 +191,8 @@ def _jsonl_rows(path: Path) -> Iterator[_Row]:
                 yield line, raw, {}, f"missing field(s) {', '.join(missing)}"
             elif unknown:
                 yield line, raw, {}, (
-                    f"unknown field(s) {', '.join(unknown)}; expected {', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}"
+                    f"unknown field(s) {', '.join(unknown)}; "
+                    f"expected {', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}"
                 )
             else:
                 yield line, raw, value, None
@@ -221,7 +224,8 @@ def _to_fact(values: dict[str, Any], known: set[str] | None, source: str) -> tup
         if valid_from.tzinfo is None:
             valid_from = valid_from.replace(tzinfo=timezone.utc)
         valid_from = valid_from.astimezone(timezone.utc)
-    return Fact(clean["subject"], clean["relation"], clean["object"], valid_from=valid_from, source=source), None
+    fact = Fact(clean["subject"], clean["relation"], clean["object"], valid_from=valid_from, source=source)
+    return fact, None
 
 
 def _drop_conflicts(parsed: list[_Parsed]) -> tuple[list[Fact], list[RowError]]:
@@ -271,14 +275,18 @@ def load_templates(path: Path) -> RelationTemplates:
         elif path.suffix.lower() == ".json":
             data = json.loads(text)
         else:
-            raise InvalidInput(f"{path}: unknown templates file type {path.suffix!r}; use .yaml, .yml or .json")
+            raise InvalidInput(
+                f"{path}: unknown templates file type {path.suffix!r}; use .yaml, .yml or .json"
+            )
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("relations"), dict):
         raise InvalidInput(f"{path}: expected a mapping with a 'relations' mapping at the top")
     extra = sorted(set(data) - {"relations"})
     if extra:
-        raise InvalidInput(f"{path}: unknown top-level key(s) {', '.join(map(str, extra))}; expected relations")
+        raise InvalidInput(
+            f"{path}: unknown top-level key(s) {', '.join(map(str, extra))}; expected relations"
+        )
     if not data["relations"]:
         raise InvalidInput(f"{path}: no relations defined")
     templates: dict[str, RelationTemplate] = {}
@@ -293,14 +301,18 @@ def _template(path: Path, name: str, spec: Any) -> RelationTemplate:
         raise InvalidInput(f"{where}: expected a mapping with keys {', '.join(TEMPLATE_KEYS)}")
     unknown = sorted(set(map(str, spec)) - set(TEMPLATE_KEYS))
     if unknown:
-        raise InvalidInput(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(TEMPLATE_KEYS)}")
+        raise InvalidInput(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(TEMPLATE_KEYS)}"
+        )
     prompt = spec.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidInput(f"{where}: prompt must be a non-empty string")
     _check_placeholders(where, "prompt", prompt, "subject")
     paraphrases = spec.get("paraphrases")
     if isinstance(paraphrases, str) or not isinstance(paraphrases, list) or not paraphrases:
-        raise InvalidInput(f"{where}: has no paraphrases; give a non-empty list of templates with {{subject}}")
+        raise InvalidInput(
+            f"{where}: has no paraphrases; give a non-empty list of templates with {{subject}}"
+        )
     for i, paraphrase in enumerate(paraphrases):
         if not isinstance(paraphrase, str) or not paraphrase.strip():
             raise InvalidInput(f"{where}: paraphrase {i + 1} must be a non-empty string")
@@ -321,7 +333,8 @@ def _check_placeholders(where: str, what: str, template: str, required: str) -> 
         raise InvalidInput(f"{where}: {what} {template!r} lacks {{{required}}}")
     other = sorted(names - {required})
     if other:
+        placeholders = ", ".join("{" + name + "}" for name in other)
         raise InvalidInput(
-            f"{where}: {what} {template!r} uses unknown placeholder(s) {', '.join('{' + n + '}' for n in other)}; "
+            f"{where}: {what} {template!r} uses unknown placeholder(s) {placeholders}; "
             f"only {{{required}}} is filled in"
         )

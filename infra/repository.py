@@ -301,7 +301,9 @@ def update_run(session: Session, run_id: int, status: str | None = None, **field
     """
     unknown = set(fields) - set(_UPDATABLE_RUN_FIELDS)
     if unknown:
-        raise InvalidInput(f"cannot update run field(s) {sorted(unknown)}; updatable: {list(_UPDATABLE_RUN_FIELDS)}")
+        raise InvalidInput(
+            f"cannot update run field(s) {sorted(unknown)}; updatable: {list(_UPDATABLE_RUN_FIELDS)}"
+        )
     if status is not None and status not in RUN_STATUSES:
         raise InvalidInput(f"unknown run status {status!r}; known: {', '.join(RUN_STATUSES)}")
     row = _run_row(session, run_id, for_update=True)
@@ -309,10 +311,14 @@ def update_run(session: Session, run_id: int, status: str | None = None, **field
         allowed = allowed_transitions(row.status)
         if status not in allowed:
             where = f"may only move to {', '.join(allowed)}" if allowed else "is final"
-            raise InvalidState(f"run {run_id} cannot move from {row.status} to {status}: {row.status} {where}")
+            raise InvalidState(
+                f"run {run_id} cannot move from {row.status} to {status}: {row.status} {where}"
+            )
         row.status = status
     if fields.get("delta_sha") is not None and session.get(DeltaRow, fields["delta_sha"]) is None:
-        raise NotFound(f"delta {fields['delta_sha']} is not recorded; add_delta it before linking it to run {run_id}")
+        raise NotFound(
+            f"delta {fields['delta_sha']} is not recorded; add_delta it before linking it to run {run_id}"
+        )
     for name, value in fields.items():
         setattr(row, name, value)
     row.updated_at = utcnow()
@@ -324,7 +330,9 @@ def record_rejections(session: Session, run_id: int, rejections: Iterable[Reject
     """Keep the incoming change rows `run_id` refused, each with its reason."""
     _run_row(session, run_id)
     now = utcnow()
-    rows = [ChangeRejectionRow(run_id=run_id, change_id=r.change_id, reason=r.reason, at=now) for r in rejections]
+    rows = [
+        ChangeRejectionRow(run_id=run_id, change_id=r.change_id, reason=r.reason, at=now) for r in rejections
+    ]
     try:
         with session.begin_nested():
             session.add_all(rows)
@@ -448,7 +456,9 @@ def move_head(session: Session, model_name: str, new_sha: str | None, expected_c
 # --------------------------------------------------------------------------- approvals
 
 
-def record_decision(session: Session, run_id: int, reviewer: str, decision: str, reason: str) -> ApprovalRecord:
+def record_decision(
+    session: Session, run_id: int, reviewer: str, decision: str, reason: str
+) -> ApprovalRecord:
     """Record a reviewer's decision on a run awaiting approval.
 
     Raises:
@@ -462,7 +472,9 @@ def record_decision(session: Session, run_id: int, reviewer: str, decision: str,
         raise InvalidInput("a decision needs a reviewer")
     run = _run_row(session, run_id, for_update=True)
     if run.status != "awaiting_approval":
-        raise InvalidState(f"run {run_id} is {run.status}, not awaiting_approval; no decision can be recorded")
+        raise InvalidState(
+            f"run {run_id} is {run.status}, not awaiting_approval; no decision can be recorded"
+        )
     if decision == "approved" and reviewer == run.started_by:
         raise PermissionDenied(f"{reviewer} started run {run_id} and cannot approve it")
     row = ApprovalRow(run_id=run_id, reviewer=reviewer, decision=decision, reason=reason or "", at=utcnow())
@@ -472,7 +484,8 @@ def record_decision(session: Session, run_id: int, reviewer: str, decision: str,
 
 
 def approvals_for(session: Session, run_id: int) -> list[ApprovalRecord]:
-    rows = session.scalars(sa.select(ApprovalRow).where(ApprovalRow.run_id == run_id).order_by(ApprovalRow.id))
+    query = sa.select(ApprovalRow).where(ApprovalRow.run_id == run_id).order_by(ApprovalRow.id)
+    rows = session.scalars(query)
     return [_approval(r) for r in rows]
 
 
@@ -536,7 +549,12 @@ def _delta(row: DeltaRow) -> DeltaRecord:
 
 def _approval(row: ApprovalRow) -> ApprovalRecord:
     return ApprovalRecord(
-        id=row.id, run_id=row.run_id, reviewer=row.reviewer, decision=row.decision, reason=row.reason, at=row.at
+        id=row.id,
+        run_id=row.run_id,
+        reviewer=row.reviewer,
+        decision=row.decision,
+        reason=row.reason,
+        at=row.at,
     )
 
 

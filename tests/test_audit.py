@@ -109,8 +109,12 @@ def test_rehashed_row_breaks_the_next_link(db: Database) -> None:
     _drop_trigger(db, "update")
     with db.session() as s:
         second = list_events(s)[1]
-        forged = event_hash(second.prev_hash, 2, second.at, "mallory", second.action, second.subject, second.payload)
-        s.execute(sa.text("UPDATE audit_events SET actor = 'mallory', hash = :h WHERE seq = 2"), {"h": forged})
+        forged = event_hash(
+            second.prev_hash, 2, second.at, "mallory", second.action, second.subject, second.payload
+        )
+        s.execute(
+            sa.text("UPDATE audit_events SET actor = 'mallory', hash = :h WHERE seq = 2"), {"h": forged}
+        )
     with db.session() as s:
         report = verify_chain(s)
     assert (report.ok, report.first_bad_seq) == (False, 3)
@@ -188,7 +192,8 @@ def test_export_jsonl_and_csv_round_trip(db: Database, tmp_path: Path) -> None:
     prev = GENESIS_HASH
     for line in lines:  # the export alone is enough to re-check the chain
         at = datetime.fromisoformat(line["at"])
-        assert event_hash(prev, line["seq"], at, line["actor"], line["action"], line["subject"], line["payload"]) == line["hash"]
+        fields = (line["actor"], line["action"], line["subject"], line["payload"])
+        assert event_hash(prev, line["seq"], at, *fields) == line["hash"]
         prev = line["hash"]
     with (tmp_path / "audit.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))

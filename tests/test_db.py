@@ -67,7 +67,8 @@ def test_upgrade_is_idempotent_and_matches_the_models(db_url: str) -> None:
         assert database.current_revision() == "0001"
         with database.engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
-            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            diff = compare_metadata(context, Base.metadata)
         assert {
             "facts",
             "fact_changes",
@@ -119,7 +120,9 @@ def test_upsert_appends_changes_only_for_real_changes(db: Database) -> None:
         assert first[0].changed_at == T0 and first[0].changed_by == "erp"
     with db.session() as s:
         again = repo.upsert_facts(
-            s, [Fact("X1", "price", "$1"), Fact("X1", "colour", "blue"), Fact("X2", "price", "$9")], changed_by="bob"
+            s,
+            [Fact("X1", "price", "$1"), Fact("X1", "colour", "blue"), Fact("X2", "price", "$9")],
+            changed_by="bob",
         )
         assert [(c.subject, c.relation, c.old_object, c.new_object) for c in again] == [
             ("X1", "colour", "red", "blue"),
@@ -219,7 +222,8 @@ def test_update_run_fields_and_lookups(db: Database) -> None:
 
 def test_rejections_are_kept_with_reasons(db: Database) -> None:
     with db.session() as s:
-        changes = repo.upsert_facts(s, [Fact("X1", "price", "?"), Fact("X2", "price", "$2")], changed_by="erp")
+        facts = [Fact("X1", "price", "?"), Fact("X2", "price", "$2")]
+        changes = repo.upsert_facts(s, facts, changed_by="erp")
         run = repo.create_run(s, "demo", "ft", "alice", 0, 2)
         repo.record_rejections(s, run.id, [repo.Rejection(changes[0].change_id, "object is not a price")])
     with db.session() as s:

@@ -83,7 +83,9 @@ def test_jsonl_good_and_bad_rows(tmp_path: Path) -> None:
         "",  # 7
         json.dumps({"subject": " ", "relation": "price", "object": "$8"}),  # 8
         json.dumps({"subject": "X9", "relation": "colour", "object": "red", "valid_from": "2026-02-30"}),  # 9
-        json.dumps({"subject": "X10", "relation": "colour", "object": "blue", "valid_from": "2026-02-03T04:05:06Z"}),
+        json.dumps(
+            {"subject": "X10", "relation": "colour", "object": "blue", "valid_from": "2026-02-03T04:05:06Z"}
+        ),
     ]
     result = read_facts(_write(tmp_path, "facts.jsonl", "\n".join(rows) + "\n"), source="erp")
     assert result.facts == [
@@ -105,7 +107,8 @@ def test_jsonl_good_and_bad_rows(tmp_path: Path) -> None:
 
 
 def test_json_suffix_is_read_as_json_lines(tmp_path: Path) -> None:
-    path = _write(tmp_path, "facts.json", json.dumps({"subject": "X", "relation": "price", "object": "$1"}) + "\n")
+    line = json.dumps({"subject": "X", "relation": "price", "object": "$1"})
+    path = _write(tmp_path, "facts.json", line + "\n")
     assert read_facts(path).facts == [Fact("X", "price", "$1", None, "facts.json")]
 
 
@@ -121,7 +124,8 @@ def test_conflicting_rows_are_all_refused_and_repeats_kept_once(tmp_path: Path) 
         "X1,colour,red\n",  # 6
     )
     result = read_facts(path, known_relations=KNOWN)
-    assert [(f.subject, f.relation, f.object) for f in result.facts] == [("X2", "price", "$2"), ("X1", "colour", "red")]
+    kept = [(f.subject, f.relation, f.object) for f in result.facts]
+    assert kept == [("X2", "price", "$2"), ("X1", "colour", "red")]
     assert [e.line for e in result.errors] == [2, 4]
     assert result.errors[0].reason == (
         "conflict: 'X1' price is '$1' here but line 4 says '$9'; all these rows are refused"
@@ -150,21 +154,22 @@ def test_load_templates_yaml_and_json(tmp_path: Path) -> None:
     assert templates["price"].render_paraphrases("X1") == ("X1 costs", "X1 sells for")
     assert templates["price"].answer_format == "{object}"
     assert templates["colour"].answer_format == " {object}"
-    as_json = {"relations": {"price": {"prompt": "The price of {subject} is", "paraphrases": ["{subject} costs"]}}}
+    price = {"prompt": "The price of {subject} is", "paraphrases": ["{subject} costs"]}
+    as_json = {"relations": {"price": price}}
     assert load_templates(_write(tmp_path, "t.json", json.dumps(as_json))).relations() == ["price"]
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"prompt": "The price is", "paraphrases": ["{subject} costs"]}, r"prompt 'The price is' lacks \{subject\}"),
-        ({"prompt": "{subject} is", "paraphrases": ["it costs"]}, r"paraphrase 1 'it costs' lacks \{subject\}"),
+        ({"prompt": "The price is", "paraphrases": ["{subject}"]}, r"prompt 'The price is' lacks \{subj"),
+        ({"prompt": "{subject} is", "paraphrases": ["it costs"]}, r"paraphrase 1 'it costs' lacks \{subject"),
         ({"prompt": "{subject} is", "paraphrases": []}, "has no paraphrases"),
         ({"prompt": "{subject} is"}, "has no paraphrases"),
-        ({"prompt": "{subject} is", "paraphrases": ["{subject} x"], "examples": []}, r"unknown key\(s\) examples"),
-        ({"prompt": "{subject} of {product}", "paraphrases": ["{subject}"]}, r"unknown placeholder\(s\) \{product\}"),
+        ({"prompt": "{subject}", "paraphrases": ["{subject}"], "examples": 1}, r"unknown key\(s\) examples"),
+        ({"prompt": "{subject} {product}", "paraphrases": ["{subject}"]}, r"unknown placeholder\(s\) \{prod"),
         ({"prompt": "{subject", "paraphrases": ["{subject}"]}, "not a valid template"),
-        ({"prompt": "{subject}", "paraphrases": ["{subject}"], "answer_format": "x"}, r"answer_format 'x' lacks \{object\}"),
+        ({"prompt": "{subject}", "paraphrases": ["{subject}"], "answer_format": "x"}, r"lacks \{object\}"),
     ],
 )
 def test_bad_templates_name_file_and_relation(tmp_path: Path, spec: dict, message: str) -> None:
