@@ -181,6 +181,26 @@ def upsert_facts(
     return [_change(c) for c in new_changes]
 
 
+def seed_facts(session: Session, facts: Iterable[Fact], at: datetime | None = None) -> int:
+    """Load the catalogue a base model was trained on: facts rows only, no change-feed rows.
+
+    Seeding is the starting state of the source tables, not a change the model has to learn;
+    refuses to overwrite an existing fact (use `upsert_facts` for changes).
+    """
+    when = utc(at) if at is not None else utcnow()
+    incoming = list(facts)
+    existing = _facts_by_key(session, {f.subject for f in incoming})
+    clashes = [key for key in ((f.subject, f.relation) for f in incoming) if key in existing]
+    if clashes:
+        raise InvalidState(f"{len(clashes)} facts already exist (e.g. {clashes[0]}); seeding is for an empty catalogue")
+    for fact in incoming:
+        session.add(FactRow(subject=fact.subject, relation=fact.relation, object=fact.object,
+                            valid_from=utc(fact.valid_from) if fact.valid_from is not None else None,
+                            source=fact.source, updated_at=when))
+    session.flush()
+    return len(incoming)
+
+
 def _facts_by_key(session: Session, subjects: set[str]) -> dict[tuple[str, str], FactRow]:
     out: dict[tuple[str, str], FactRow] = {}
     ordered = sorted(subjects)

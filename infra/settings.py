@@ -7,7 +7,8 @@ Usage::
 
 Env vars: KUS_HOME, KUS_CONFIG, KUS_DATABASE_URL, KUS_DELTA_STORE (file:///dir or s3://bucket/prefix),
 KUS_S3_ENDPOINT_URL, KUS_S3_CHECKSUMS (when_required|when_supported), KUS_MODEL_NAME, KUS_BASE_MODEL,
-KUS_EDITOR, KUS_REVIEWERS (comma separated), KUS_TEMPLATES.
+KUS_EDITOR, KUS_EDIT_DEPLOYMENT (run the edit step on a work pool), KUS_REVIEWERS (comma separated), KUS_TEMPLATES (relation templates YAML/JSON),
+KUS_HELDOUT_TEXT (one sentence per line, for perplexity drift).
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ class Settings:
     model_name: str = "demo"
     base_model_path: Path | None = None
     templates_path: Path | None = None
+    heldout_text_path: Path | None = None
     default_editor: str = "ft"
+    #: Prefect deployment that runs the edit step on a GPU work pool ("edit-model/gpu"); None = in process.
+    edit_deployment: str | None = None
     reviewers: tuple[str, ...] = ("demo-reviewer",)
     thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
 
@@ -76,7 +80,9 @@ class Settings:
             "KUS_MODEL_NAME": "model_name",
             "KUS_BASE_MODEL": "base_model_path",
             "KUS_TEMPLATES": "templates_path",
+            "KUS_HELDOUT_TEXT": "heldout_text_path",
             "KUS_EDITOR": "default_editor",
+            "KUS_EDIT_DEPLOYMENT": "edit_deployment",
             "KUS_REVIEWERS": "reviewers",
         }
         for var, key in env_map.items():
@@ -104,7 +110,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
-    for key in ("home", "base_model_path", "templates_path"):
+    for key in ("home", "base_model_path", "templates_path", "heldout_text_path"):
         if isinstance(out.get(key), str):
             out[key] = Path(out[key])
     if isinstance(out.get("reviewers"), str):

@@ -1,0 +1,306 @@
+"""`kus`: the command line of the knowledge-update service.
+
+The CLI is the approval path of record: it knows who the reviewer is (KUS_USER or the OS login,
+checked against the configured reviewers), which Prefect's open-source UI cannot.
+
+    kus demo                         # the whole process on embedded defaults
+    kus refresh --editor ft          # one catalogue refresh, ends awaiting approval
+    kus runs / kus show RUN          # what happened, with rejected rows and the validation table
+    kus approve RUN --reason "..."   # approval of record; promotes the delta
+    kus reject RUN --reason "..."
+    kus rollback --reason "..."      # head back to the previous delta
+    kus ask "The price of X is"      # query the live model
+    kus audit verify | export --format jsonl --out audit.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from infra.errors import ServiceError
+from infra.settings import Settings
+
+console = Console()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "alembic", "great_expectations", "urllib3", "botocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = Settings.load()
+    from flows.prefect_setup import configure_prefect
+
+    configure_prefect(settings, quiet=args.command == "demo" or args.quiet)
+    try:
+        return int(args.handler(args, settings) or 0)
+    except ServiceError as exc:
+        console.print(f"[bold red]error[/] {exc}")
+        return 1
+
+
+# ------------------------------------------------------------------------------------ commands
+
+
+def cmd_editors(args: argparse.Namespace, settings: Settings) -> int:
+    from editing.registry import editor_names
+
+    for name in editor_names():
+        print(name)
+    return 0
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.context import service_context
+
+    with service_context(settings) as ctx:
+        console.print(f"database ready at {ctx.db.url}; delta store {ctx.store.uri}")
+    return 0
+
+
+def cmd_import_facts(args: argparse.Namespace, settings: Settings) -> int:
+    """Import facts as a source system would: changed values land in the change feed."""
+    from infra import repository as repo
+    from infra.audit import append_event
+    from infra.context import current_user, service_context
+    from infra.fact_import import read_facts
+    from tasks.catalogue_inputs import templates_for
+
+    templates = templates_for(settings)
+    result = read_facts(Path(args.path), known_relations=templates.relations(), source=args.source)
+    for error in result.errors:
+        console.print(f"[yellow]rejected[/] line {error.line}: {error.reason}")
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        changes = repo.upsert_facts(session, result.facts, changed_by=args.source or current_user())
+        append_event(session, current_user(), "import_facts", f"file:{Path(args.path).name}",
+                     {"rows_ok": len(result.facts), "rows_rejected": len(result.errors), "changes": len(changes),
+                      "rejections": [{"line": e.line, "reason": e.reason} for e in result.errors]})
+    console.print(f"{len(result.facts)} rows read, {len(changes)} facts changed, {len(result.errors)} rows rejected")
+    return 1 if result.errors and not result.facts else 0
+
+
+def cmd_refresh(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.refresh import catalogue_refresh
+
+    hparams = json.loads(args.hparams) if args.hparams else None
+    result = catalogue_refresh(model_name=args.model, editor=args.editor, hparams=hparams)
+    console.print(result)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    from infra import repository as repo
+    from infra.context import service_context
+
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        runs = repo.list_runs(session, args.model, limit=args.limit)
+    table = Table("run", "model", "editor", "status", "feed", "started by", "started at", "delta")
+    for run in runs:
+        table.add_row(str(run.id), run.model_name, run.editor, run.status, f"{run.watermark_from}..{run.watermark_to}",
+                      run.started_by, run.started_at.isoformat(timespec="seconds"), (run.delta_sha or "")[:12])
+    console.print(table)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    from infra import repository as repo
+    from infra.context import service_context
+
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        run = repo.get_run(session, args.run)
+        rejections = repo.rejections_for(session, args.run)
+        approvals = repo.approvals_for(session, args.run)
+    console.print(f"[bold]run {run.id}[/] {run.model_name} editor={run.editor} status={run.status} "
+                  f"started by {run.started_by} delta={run.delta_sha or '-'}")
+    if run.error:
+        console.print(f"[red]error:[/] {run.error}")
+    for rejection in rejections:
+        console.print(f"[yellow]rejected change {rejection.change_id}[/]: {rejection.reason}")
+    if run.validation:
+        print_validation(run.validation)
+    for approval in approvals:
+        console.print(f"{approval.decision} by {approval.reviewer} at {approval.at:%Y-%m-%d %H:%M}: {approval.reason}")
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
+    """approve / reject: the approval of record. Approval then runs the promotion flow."""
+    from infra.context import current_user, service_context
+    from tasks.promotion import record_decision
+
+    reviewer = args.reviewer or current_user()
+    decision = "approved" if args.command == "approve" else "rejected"
+    with service_context(settings) as ctx:
+        record_decision(ctx, args.run, reviewer, decision, args.reason, getattr(args, "override_validation", False))
+    console.print(f"run {args.run} {decision} by {reviewer}")
+    if decision == "approved":
+        from flows.promote import promote
+
+        head = promote(args.run, reviewer)
+        console.print(f"promoted: model head is now {head[:12]}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    """Retry the promotion of an approved run (after a crash between approval and promotion)."""
+    from flows.promote import promote
+    from infra.context import current_user
+
+    head = promote(args.run, current_user())
+    console.print(f"promoted: model head is now {head[:12]}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.promote import rollback
+    from infra.context import current_user
+
+    target = rollback(args.model or settings.model_name, current_user(), args.reason, args.to)
+    console.print(f"rolled back: model head is now {target[:12] if target else 'the base model'}")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.context import service_context
+    from tasks.live_model import load_live_model
+    from validation.scoring import greedy_answers
+
+    with service_context(settings) as ctx:
+        live = load_live_model(ctx, args.model)
+    answers = greedy_answers(live.model, live.tokenizer, args.prompts, max_new_tokens=args.max_new_tokens)
+    for prompt, answer in zip(args.prompts, answers):
+        print(f"{prompt} -> {answer}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.audit import export_events, list_events, verify_chain
+    from infra.context import service_context
+
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        if args.audit_command == "verify":
+            report = verify_chain(session)
+            if report.ok:
+                console.print(f"[green]audit chain verified[/]: {report.events_checked} events, no changed or missing rows")
+                return 0
+            console.print(f"[bold red]audit chain BROKEN[/] at seq {report.first_bad_seq}: {report.problem}")
+            return 3
+        if args.audit_command == "export":
+            count = export_events(session, Path(args.out), args.format)
+            console.print(f"{count} audit events written to {args.out}")
+            return 0
+        print_audit(list_events(session)[-args.last:])
+    return 0
+
+
+def cmd_build_model(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.demo import ensure_model
+
+    report = ensure_model(settings)
+    console.print(f"demo model at {report.path}: accuracy {report.accuracy:.1%}, {report.n_params:,} parameters")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.demo import run_demo
+
+    return run_demo(settings, console)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.schedule import serve_refresh
+
+    serve_refresh(cron=args.cron, editor=args.editor)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ printing
+
+
+def print_validation(validation: dict[str, Any]) -> None:
+    table = Table("metric", "observed", "threshold", "result", title="retention validation (Great Expectations)")
+    for check in validation.get("checks", []):
+        bound = f"{'>=' if check['kind'] == 'min' else '<='} {check['threshold']:.3f}"
+        table.add_row(check["metric"], f"{check['observed']:.3f}", bound,
+                      "[green]pass[/]" if check["success"] else "[red]FAIL[/]")
+    console.print(table)
+
+
+def print_audit(events: Sequence[Any]) -> None:
+    table = Table("seq", "at", "actor", "action", "subject", "hash", title="audit trail")
+    for event in events:
+        table.add_row(str(event.seq), event.at.isoformat(timespec="seconds"), event.actor, event.action,
+                      event.subject, event.hash[:12])
+    console.print(table)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kus", description="Knowledge-update service for LLMs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    sub = parser.add_subparsers(dest="command")
+
+    def add(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(handler=handler)
+        return command
+
+    add("demo", cmd_demo, "seed the demo catalogue, build the demo model, refresh, approve, promote, show")
+    add("editors", cmd_editors, "list the registered editors")
+    add("init", cmd_init, "create or migrate the database")
+    add("build-model", cmd_build_model, "build the demo model if it is not cached")
+    p = add("import-facts", cmd_import_facts, "import facts from CSV or JSONL into the facts table")
+    p.add_argument("path")
+    p.add_argument("--source", default=None, help="who changed them (recorded in the change feed)")
+    p = add("refresh", cmd_refresh, "run one catalogue refresh (ends awaiting approval)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--editor", default=None)
+    p.add_argument("--hparams", default=None, help="JSON object of hyperparameter overrides")
+    p = add("runs", cmd_runs, "list refresh runs")
+    p.add_argument("--model", default=None)
+    p.add_argument("--limit", type=int, default=20)
+    p = add("show", cmd_show, "show one run: rejected rows, validation, decisions")
+    p.add_argument("run", type=int)
+    for name, text in (("approve", "approve a run (approval of record) and promote it"), ("reject", "reject a run")):
+        p = add(name, cmd_decide, text)
+        p.add_argument("run", type=int)
+        p.add_argument("--reason", required=True)
+        p.add_argument("--reviewer", default=None, help="defaults to KUS_USER or the OS login")
+        if name == "approve":
+            p.add_argument("--override-validation", action="store_true",
+                           help="approve although retention validation failed (recorded in the audit trail)")
+    p = add("promote", cmd_promote, "retry promotion of an approved run")
+    p.add_argument("run", type=int)
+    p = add("rollback", cmd_rollback, "move the model head back")
+    p.add_argument("--model", default=None)
+    p.add_argument("--to", default="previous", help="'previous', 'base' or a delta id prefix")
+    p.add_argument("--reason", required=True)
+    p = add("ask", cmd_ask, "query the live model")
+    p.add_argument("prompts", nargs="+")
+    p.add_argument("--model", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p = add("audit", cmd_audit, "read, verify or export the audit trail")
+    p.add_argument("audit_command", choices=["show", "verify", "export"])
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("--out", default="audit.jsonl")
+    p.add_argument("--last", type=int, default=30)
+    p = add("serve", cmd_serve, "serve the scheduled catalogue refresh (cron) with Prefect")
+    p.add_argument("--cron", default="0 2 * * *")
+    p.add_argument("--editor", default=None)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The demo job: the whole business process on embedded defaults, as a catalogue team would live it.
+
+1. create the database and load the demo catalogue (first run only);
+2. build the demo model offline if it is not cached;
+3. apply a batch of catalogue changes to the facts table, as the ERP would (plus two bad rows);
+4. run the `catalogue-refresh` flow (ingest, GX input checks, sets, edit, evaluate, GX retention);
+5. approve as the demo reviewer through the CLI, which runs the promotion flow;
+6. print before/after answers of the live model, the validation table and the verified audit trail.
+
+A second run reuses the model and applies a fresh batch on top of the promoted head.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+from infra import repository as repo
+from infra.audit import append_event, list_events, verify_chain
+from infra.context import service_context
+from infra.domain import Fact
+from infra.settings import Settings
+from tasks.catalogue_inputs import templates_for
+
+CATALOGUE_TEAM = "catalogue-team"
+DEMO_REVIEWER = "demo-reviewer"
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    n_products: int
+    tiny: bool
+
+
+SIZES = {"demo": DemoSize(n_products=200, tiny=False), "tiny": DemoSize(n_products=30, tiny=True)}
+
+
+def seed_catalogue(size: DemoSize) -> list[Fact]:
+    from infra.demo.catalogue import generate_catalogue
+
+    return generate_catalogue(n_products=size.n_products)
+
+
+def ensure_model(settings: Settings, size: DemoSize = SIZES["demo"]):  # noqa: ANN201 - DemoModelReport
+    """Build the demo model from the seed catalogue (the facts it must know) unless it is cached."""
+    from infra.demo.model_builder import DemoModelConfig, ensure_demo_model
+
+    config = DemoModelConfig.tiny() if size.tiny else DemoModelConfig.demo()
+    return ensure_demo_model(settings.model_path, seed_catalogue(size), templates_for(settings), config, progress=True)
+
+
+def run_demo(settings: Settings, console: Console, size_name: str = "demo") -> int:
+    from flows.cli import main as cli_main
+    from flows.refresh import catalogue_refresh
+    from infra.demo.changes import next_change_batch
+
+    size = SIZES[size_name]
+    started = time.perf_counter()
+
+    console.rule("[bold]1. database and demo catalogue")
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        if not repo.load_facts(session):
+            seed = seed_catalogue(size)
+            repo.seed_facts(session, seed)
+            append_event(session, CATALOGUE_TEAM, "seed_catalogue", "facts", {"facts": len(seed)})
+            console.print(f"loaded {len(seed)} facts ({size.n_products} products) into {ctx.db.url}")
+        else:
+            console.print("catalogue already loaded; reusing it")
+
+    console.rule("[bold]2. demo model")
+    report = ensure_model(settings, size)
+    console.print(f"{'cached' if report.reused else 'built'} model at {report.path}: "
+                  f"{report.accuracy:.1%} of catalogue facts answered correctly, {report.n_params:,} parameters")
+
+    console.rule("[bold]3. catalogue changes from the ERP")
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        batch_no = len(repo.list_runs(session, settings.model_name, limit=10_000)) + 1
+        batch = next_change_batch(repo.load_facts(session), batch_no)
+        changes = repo.upsert_facts(session, batch, changed_by="demo-erp")
+        some_subject = batch[0].subject
+        bad = repo.upsert_facts(session, [Fact(some_subject, "energy_label", "A++", source="demo-erp"),
+                                          Fact(batch[-1].subject + " Mini", "price", "", source="demo-erp")],
+                                changed_by="demo-erp")
+    console.print(f"batch {batch_no}: {len(changes)} facts changed, plus {len(bad)} malformed rows the refresh must reject")
+
+    console.rule("[bold]4. catalogue-refresh flow")
+    result = catalogue_refresh(model_name=settings.model_name, editor=settings.default_editor, started_by=CATALOGUE_TEAM)
+    run_id = result["run_id"]
+    if run_id is None:
+        console.print(f"[red]nothing to refresh:[/] {result['message']}")
+        return 1
+    console.print(f"run {run_id}: {result['accepted']} changes accepted, {result['rejected']} rejected; awaiting approval")
+
+    console.rule("[bold]5. approval of record (kus approve) and promotion")
+    code = cli_main(["--quiet", "approve", str(run_id), "--reviewer", DEMO_REVIEWER,
+                     "--reason", "demo: validation table reviewed", "--override-validation"])
+    if code != 0:
+        return code
+
+    console.rule("[bold]6. what the live model says now")
+    show_outcome(settings, console, run_id)
+    console.print(f"[bold green]demo finished in {time.perf_counter() - started:.0f} s[/]")
+    return 0
+
+
+def show_outcome(settings: Settings, console: Console, run_id: int) -> None:
+    from flows.cli import print_audit, print_validation
+    from tasks.live_model import load_live_model
+    from tasks.run_artifacts import get_json, sets_from_json
+    from validation.scoring import greedy_answers
+
+    with service_context(settings) as ctx:
+        with ctx.db.session() as session:
+            run = repo.get_run(session, run_id)
+            rejections = repo.rejections_for(session, run_id)
+            parent = repo.get_delta(session, str(run.delta_sha)).parent_sha
+        targets, regression = sets_from_json(get_json(ctx, run_id, "sets.json"))
+        changed = [(t.prompt, t.target_true or "", t.target_new) for t in targets[:6]]
+        unchanged = [(p, a, a) for p, a in regression.unrelated[:4]]
+        prompts = [p for p, _, _ in changed + unchanged]
+        before_model = load_live_model(ctx, run.model_name, head=parent)
+        before = greedy_answers(before_model.model, before_model.tokenizer, prompts)
+        live = load_live_model(ctx, run.model_name)
+        after = greedy_answers(live.model, live.tokenizer, prompts)
+        with ctx.db.session() as session:
+            events = list_events(session)
+            chain = verify_chain(session)
+
+    for rejection in rejections:
+        console.print(f"[yellow]rejected change {rejection.change_id}[/]: {rejection.reason}")
+    table = Table("prompt", "database says", "before", "after", "", title=f"live model, run {run_id}")
+    for (prompt, _old, expected), b, a in zip(changed + unchanged, before, after):
+        table.add_row(prompt, expected, b, a, "[green]ok[/]" if a == expected else "[red]wrong[/]")
+    console.print(table)
+    if run.validation:
+        print_validation(run.validation)
+    print_audit(events[-12:])
+    if chain.ok:
+        console.print(f"[green]audit chain verified[/]: {chain.events_checked} events, hash chain intact")
+    else:
+        console.print(f"[red]audit chain broken at seq {chain.first_bad_seq}: {chain.problem}[/]")

@@ -1,0 +1,66 @@
+"""The one place that wires settings to the database and the delta store.
+
+Every task and CLI command starts from here, so a worker on another machine needs only the same
+settings (env vars or config file) to reach the same database and store::
+
+    ctx = ServiceContext.open()                   # KUS_* env vars / kus.toml / embedded defaults
+    with ctx.db.session() as session: ...
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.db.session import Database
+from infra.delta_store import DeltaStore, open_delta_store
+from infra.settings import Settings
+
+
+@dataclass
+class ServiceContext:
+    settings: Settings
+    db: Database
+    store: DeltaStore
+
+    @classmethod
+    def open(cls, settings: Settings | None = None) -> "ServiceContext":
+        """Connect to the database (migrating it to head) and the delta store (creating the bucket)."""
+        settings = settings or Settings.load()
+        settings.home.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.database_url)
+        db.upgrade()
+        store = open_delta_store(
+            settings.delta_store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_checksums=settings.s3_checksums
+        )
+        ensure = getattr(store, "ensure_bucket", None)
+        if callable(ensure):
+            ensure()
+        return cls(settings=settings, db=db, store=store)
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    def run_dir(self, run_id: int) -> Path:
+        path = self.settings.home / "runs" / str(run_id)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def current_user() -> str:
+    """Who is acting: KUS_USER if set (service accounts, CI), otherwise the OS login name."""
+    return os.environ.get("KUS_USER") or getpass.getuser()
+
+
+@contextmanager
+def service_context(settings: Settings | None = None) -> Iterator[ServiceContext]:
+    """Open a context for one unit of work (a task, a CLI command) and close it afterwards."""
+    ctx = ServiceContext.open(settings)
+    try:
+        yield ctx
+    finally:
+        ctx.close()

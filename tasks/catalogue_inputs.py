@@ -1,0 +1,25 @@
+"""Where the refresh finds its relation templates and held-out text: the user's files, or the demo's."""
+
+from __future__ import annotations
+
+from infra.domain import Fact, RelationTemplates
+from infra.fact_import import load_templates
+from infra.settings import Settings
+
+
+def templates_for(settings: Settings) -> RelationTemplates:
+    if settings.templates_path is not None:
+        return load_templates(settings.templates_path)
+    from infra.demo.catalogue import demo_templates_path
+
+    return load_templates(demo_templates_path())
+
+
+def heldout_text_for(settings: Settings, facts: list[Fact]) -> list[str]:
+    """Text whose perplexity must not drift: the user's file (one line each) or demo sentences."""
+    if settings.heldout_text_path is not None:
+        lines = settings.heldout_text_path.read_text().splitlines()
+        return [line.strip() for line in lines if line.strip()]
+    from infra.demo.catalogue import heldout_texts
+
+    return heldout_texts(facts)

@@ -1,0 +1,106 @@
+"""Approval of record, promotion and rollback: every head move is one database transaction.
+
+The delta bytes are already in the store (content-addressed) before anything is promoted, so a
+crash at any point leaves either the old head or the new one, never a half-promoted model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from infra import repository as repo
+from infra.audit import append_event
+from infra.context import ServiceContext
+from infra.errors import ApprovalRequired, InvalidInput, InvalidState, NotFound, PermissionDenied
+from tasks.live_model import fetch_delta
+
+log = logging.getLogger(__name__)
+
+
+def record_decision(
+    ctx: ServiceContext, run_id: int, reviewer: str, decision: str, reason: str, override_validation: bool = False
+) -> repo.ApprovalRecord:
+    """A configured reviewer approves or rejects a run awaiting approval; never their own run."""
+    if decision not in ("approved", "rejected"):
+        raise InvalidInput(f"decision must be 'approved' or 'rejected', got {decision!r}")
+    if not reason.strip():
+        raise InvalidInput("a decision needs a reason")
+    if reviewer not in ctx.settings.reviewers:
+        raise PermissionDenied(f"{reviewer!r} is not a configured reviewer (reviewers: {', '.join(ctx.settings.reviewers)})")
+    with ctx.db.session() as session:
+        run = repo.get_run(session, run_id)
+        if run.status != "awaiting_approval":
+            raise InvalidState(f"run {run_id} is {run.status}, not awaiting approval")
+        if run.started_by == reviewer:
+            raise PermissionDenied(f"{reviewer!r} started run {run_id} and cannot review it")
+        passed = bool(run.validation and run.validation.get("success"))
+        if decision == "approved" and not passed and not override_validation:
+            raise InvalidState(
+                f"run {run_id} failed retention validation; approve with --override-validation to accept it anyway"
+            )
+        record = repo.record_decision(session, run_id, reviewer, decision, reason)
+        payload = {"reason": reason, "delta": run.delta_sha, "validation_passed": passed,
+                   "override_validation": override_validation and not passed}
+        append_event(session, reviewer, decision, f"run:{run_id}", payload)
+        if decision == "rejected":
+            repo.update_run(session, run_id, status="rejected")
+    log.info("run %s %s by %s: %s", run_id, decision, reviewer, reason)
+    return record
+
+
+def promote_run(ctx: ServiceContext, run_id: int, actor: str) -> str:
+    """Move the model head to the run's delta, after checking approval, integrity and parentage."""
+    with ctx.db.session() as session:
+        run = repo.get_run(session, run_id)
+        approvals = repo.approvals_for(session, run_id)
+    if run.status == "promoted":
+        return str(run.delta_sha)
+    if run.status != "awaiting_approval" or not any(a.decision == "approved" for a in approvals):
+        raise ApprovalRequired(f"run {run_id} ({run.status}) has no approval of record; a reviewer must approve it first")
+    if run.delta_sha is None:
+        raise InvalidState(f"run {run_id} has no delta")
+    fetch_delta(ctx, run.delta_sha)  # re-verifies the stored bytes before they go live
+    with ctx.db.session() as session:
+        record = repo.get_delta(session, run.delta_sha)
+        current = repo.get_head(session, run.model_name)
+        if record.parent_sha != current:
+            raise InvalidState(
+                f"run {run_id}'s delta was computed on head {str(record.parent_sha)[:12]}, but the head is now "
+                f"{str(current)[:12]}; run a new refresh instead"
+            )
+        repo.move_head(session, run.model_name, run.delta_sha, expected_current=current)
+        repo.update_run(session, run_id, status="promoted")
+        append_event(session, actor, "promote", f"model:{run.model_name}",
+                     {"run": run_id, "delta": run.delta_sha, "previous_head": current})
+    log.info("model %s: head moved to %s (run %s)", run.model_name, run.delta_sha[:12], run_id)
+    return run.delta_sha
+
+
+def rollback_model(ctx: ServiceContext, model_name: str, actor: str, reason: str, to: str | None = "previous") -> str | None:
+    """Move the head back to an earlier delta of its chain ('previous' = the head's parent, None = base)."""
+    if not reason.strip():
+        raise InvalidInput("a rollback needs a reason")
+    with ctx.db.session() as session:
+        current = repo.get_head(session, model_name)
+        if current is None:
+            raise InvalidState(f"model {model_name} has no promoted delta to roll back")
+        chain = repo.delta_chain(session, current)
+        if to == "previous":
+            target = chain[-1].parent_sha
+        elif to in (None, "base"):
+            target = None
+        else:
+            matches = [d.sha256 for d in chain[:-1] if d.sha256.startswith(str(to))]
+            if len(matches) != 1:
+                raise NotFound(f"{to!r} names no single earlier delta in {model_name}'s chain")
+            target = matches[0]
+        ids = [d.sha256 for d in chain]
+        undone = ids[0 if target is None else ids.index(target) + 1 :]
+        repo.move_head(session, model_name, target, expected_current=current)
+        for run in repo.list_runs(session, model_name, limit=1000):
+            if run.status == "promoted" and run.delta_sha in undone:
+                repo.update_run(session, run.id, status="rolled_back")
+        append_event(session, actor, "rollback", f"model:{model_name}",
+                     {"from": current, "to": target, "undone": undone, "reason": reason})
+    log.info("model %s: rolled back from %s to %s", model_name, current[:12], target[:12] if target else "base")
+    return target
