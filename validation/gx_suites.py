@@ -1,7 +1,7 @@
 """Great Expectations suites: incoming fact changes and post-edit retention.
 
 This is the only module that imports ``great_expectations`` (pinned to 1.24; its API moves between
-minor versions). Every call builds its suite in code and runs it in a fresh ephemeral context with
+minor versions), and it does so on first use, not at import. Every call builds its suite in code and runs it in a fresh ephemeral context with
 analytics and progress bars off, so nothing is written to disk and nothing goes over the network.
 
 Usage::
@@ -23,15 +23,10 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+import pandas as pd
 
-import great_expectations as gx  # noqa: E402
-import pandas as pd  # noqa: E402
-from great_expectations import expectations as gxe  # noqa: E402
-from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
-
-from infra.errors import InvalidInput  # noqa: E402
-from infra.settings import DEFAULT_THRESHOLDS  # noqa: E402
+from infra.errors import InvalidInput
+from infra.settings import DEFAULT_THRESHOLDS
 
 __all__ = [
     "IncomingReport",
@@ -76,8 +71,25 @@ class RetentionReport:
     gx_result: dict
 
 
-def _run_suite(name: str, frame: pd.DataFrame, expectations: list[gxe.Expectation], result_format: dict) -> Any:
+def _gx() -> tuple[Any, Any]:
+    """``(great_expectations, great_expectations.expectations)``, imported on first use.
+
+    GX takes seconds to import and pulls in optional integrations (SQLAlchemy, boto3 when they
+    are installed), so importing this module stays cheap and free of them until a suite runs.
+    Analytics are switched off before the first import.
+    """
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations import expectations as gxe
+
+    return gx, gxe
+
+
+def _run_suite(name: str, frame: pd.DataFrame, expectations: list[Any], result_format: dict) -> Any:
     """Validate `frame` against `expectations` in a fresh ephemeral context."""
+    gx, _ = _gx()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     asset = context.data_sources.add_pandas(f"{name}_source").add_dataframe_asset(name=f"{name}_frame")
@@ -121,20 +133,21 @@ def _prepare_incoming(df: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _incoming_expectations(known_relations: Collection[str], max_object_chars: int) -> list[tuple[gxe.Expectation, Callable]]:
+def _incoming_expectations(known_relations: Collection[str], max_object_chars: int) -> list[tuple[Any, Callable]]:
     """Each expectation with a function (row, value) -> reason for a row it rejects."""
+    _, gxe = _gx()
     relations = sorted(known_relations)
     return [
         (gxe.ExpectColumnValuesToBeUnique(column="change_id"), lambda row, v: f"change_id {v} appears more than once"),
         (gxe.ExpectColumnValuesToNotBeNull(column="subject"), lambda row, v: "subject is null"),
-        (gxe.ExpectColumnValuesToMatchRegex(column="subject", regex=r"\S"), lambda row, v: f"subject {v!r} is empty"),
+        (gxe.ExpectColumnValuesToMatchRegex(column="subject", regex=r"\S"), lambda row, v: f"subject {v!r} is empty or blank"),
         (gxe.ExpectColumnValuesToNotBeNull(column="relation"), lambda row, v: "relation is null"),
         (
             gxe.ExpectColumnValuesToBeInSet(column="relation", value_set=relations),
             lambda row, v: f"relation {v!r} is not a known relation {relations}",
         ),
         (gxe.ExpectColumnValuesToNotBeNull(column="new_object"), lambda row, v: "new_object is null"),
-        (gxe.ExpectColumnValuesToMatchRegex(column="new_object", regex=r"\S"), lambda row, v: f"new_object {v!r} is empty"),
+        (gxe.ExpectColumnValuesToMatchRegex(column="new_object", regex=r"\S"), lambda row, v: f"new_object {v!r} is empty or blank"),
         (
             gxe.ExpectColumnValueLengthsToBeBetween(column="new_object", min_value=1, max_value=max_object_chars),
             lambda row, v: f"new_object {v!r} has {len(str(v))} characters, outside [1, {max_object_chars}]",
@@ -233,7 +246,8 @@ def validate_retention(table: pd.DataFrame, thresholds: Mapping[str, float]) -> 
             plan.append((name, metric, limits[name], kind))
     wide = pd.DataFrame([{metric: _as_float(observed.get(metric)) for _, metric, _, _ in plan}])
 
-    expectations: list[gxe.Expectation] = []
+    _, gxe = _gx()
+    expectations: list[Any] = []
     for name, metric, limit, kind in plan:
         bound = {"min_value": limit} if kind == "min" else {"max_value": limit}
         expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=metric, meta={"threshold": name}))

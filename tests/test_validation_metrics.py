@@ -1,0 +1,332 @@
+"""Behaviour tests of validation.scoring / fluency / sets / evaluate on a tiny trained GPT-2."""
+
+from __future__ import annotations
+
+import copy
+import math
+from datetime import datetime, timedelta
+
+import pytest
+import torch
+
+from infra.domain import EditRequest, Fact, FactChange, RelationTemplate, RelationTemplates
+from infra.errors import InvalidInput
+from tests.tiny_lm import tiny_gpt2, train
+from validation.evaluate import SUMMARY_METRICS, evaluate, retention_table
+from validation.fluency import ngram_entropy, text_ngram_entropy
+from validation.scoring import answer_nll, answer_scores, generate_texts, greedy_answers, perplexity
+from validation.sets import build_regression_set, build_target_set
+
+TEMPLATES = RelationTemplates(
+    {
+        "price": RelationTemplate("price", "The price of {subject} is", ("{subject} costs",)),
+        "colour": RelationTemplate("colour", "The colour of {subject} is", ("{subject} comes in",)),
+    }
+)
+WORLD = {
+    ("Acme X100", "price"): "$199",
+    ("Zeta Q7", "price"): "$45",
+    ("Bolt K2", "price"): "$80",
+    ("Nova P9", "price"): "$12",
+    ("Acme X100", "colour"): "red",
+    ("Zeta Q7", "colour"): "blue",
+    ("Bolt K2", "colour"): "green",
+    ("Nova P9", "colour"): "black",
+}
+T0 = datetime(2026, 1, 1)
+
+
+def corpus_of(world: dict[tuple[str, str], str]) -> list[str]:
+    lines = []
+    for (subject, relation), obj in world.items():
+        template = TEMPLATES[relation]
+        lines.append(f"{template.render(subject)} {obj}")
+        lines.extend(f"{p} {obj}" for p in template.render_paraphrases(subject))
+    return lines
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model is overhead-bound; threads only contend
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def lm(torch_one_thread):
+    corpus = corpus_of(WORLD)
+    model, tok = tiny_gpt2(corpus)
+    loss = train(model, tok, corpus, steps=300, lr=3e-3)
+    assert loss < 0.5, f"tiny model did not memorise its corpus (loss {loss})"
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def edited_lm(lm):
+    """The same model fine-tuned so that Acme X100's price is $45 (a real, if crude, edit)."""
+    model, tok = lm
+    edited = copy.deepcopy(model)
+    world = dict(WORLD)
+    world[("Acme X100", "price")] = "$45"
+    train(edited, tok, corpus_of(world), steps=120, lr=3e-3, seed=1)
+    return edited, tok
+
+
+def main_prompts():
+    return [TEMPLATES[r].render(s) for (s, r) in WORLD]
+
+
+# ------------------------------------------------------------------------------------ scoring
+
+
+def test_greedy_answers_return_the_trained_objects(lm):
+    model, tok = lm
+    assert greedy_answers(model, tok, main_prompts()) == list(WORLD.values())
+
+
+def test_greedy_answers_are_independent_of_batching_and_padding(lm):
+    model, tok = lm
+    # very different prompt lengths force heavy left padding in the batch
+    prompts = ["The", "Zeta Q7 costs"] + main_prompts() + ["The colour of Nova P9 is black and the price of Bolt K2 is"]
+    one_by_one = [greedy_answers(model, tok, [p], batch_size=1)[0] for p in prompts]
+    assert greedy_answers(model, tok, prompts, batch_size=64) == one_by_one
+    assert greedy_answers(model, tok, prompts, batch_size=3) == one_by_one
+
+
+def test_answer_nll_matches_an_unpadded_reference_and_is_batch_invariant(lm):
+    model, tok = lm
+    prompts = main_prompts() + ["Bolt K2 comes in"]
+    answers = list(WORLD.values()) + ["a colour nobody trained"]
+    batched = answer_nll(model, tok, prompts, answers, batch_size=64)
+    single = torch.cat([answer_nll(model, tok, [p], [a], batch_size=1) for p, a in zip(prompts, answers)])
+    assert batched.shape == (len(prompts),)
+    assert torch.allclose(batched, single, atol=1e-4)
+    # independent reference: one unpadded forward pass over prompt + " " + answer
+    p_ids = tok(prompts[-1])["input_ids"]
+    full = tok(prompts[-1] + " " + answers[-1])["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([full])).logits[0], -1)
+    ref = -torch.stack([logp[j - 1, full[j]] for j in range(len(p_ids), len(full))]).mean()
+    assert abs(float(batched[-1]) - float(ref)) < 1e-4
+    # trained answers are far more probable than a wrong one
+    assert float(batched[:-1].max()) < 0.5 < float(batched[-1])
+
+
+def test_answer_scores_exact_flags_the_argmax_answers(lm):
+    model, tok = lm
+    nll, exact = answer_scores(model, tok, main_prompts()[:2], ["$199", "$12"])
+    assert exact.tolist() == [True, False]
+    assert float(nll[0]) < float(nll[1])
+
+
+def test_scoring_keeps_the_train_eval_mode_and_grad_state(lm):
+    model, tok = lm
+    model.train()
+    try:
+        greedy_answers(model, tok, main_prompts()[:2])
+        answer_nll(model, tok, main_prompts()[:2], ["$199", "$45"])
+        assert model.training
+    finally:
+        model.eval()
+    answer_nll(model, tok, main_prompts()[:2], ["$199", "$45"])
+    assert not model.training
+    assert torch.is_grad_enabled()
+
+
+def test_perplexity_is_lower_on_trained_text_than_on_shuffled_text(lm):
+    model, tok = lm
+    texts = corpus_of(WORLD)
+    shuffled = [" ".join(reversed(t.split())) for t in texts]
+    trained = perplexity(model, tok, texts)
+    assert 1.0 <= trained < 3.0
+    assert perplexity(model, tok, shuffled) > 10 * trained
+    assert perplexity(model, tok, texts, batch_size=3) == pytest.approx(trained, rel=1e-5)
+
+
+def test_generate_texts_is_deterministic_for_a_seed_and_leaves_the_global_rng(lm):
+    model, tok = lm
+    prompts = ["The", "The price of", "Zeta"]
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = generate_texts(model, tok, prompts, max_new_tokens=12, seed=7)
+    assert torch.equal(torch.rand(1), expected_next)
+    assert generate_texts(model, tok, prompts, max_new_tokens=12, seed=7) == first
+    assert len(first) == 3 and all(isinstance(t, str) for t in first)
+    # top_k=1 is greedy: the first generated words are the greedy answer
+    assert generate_texts(model, tok, ["The price of Zeta Q7 is"], max_new_tokens=8, top_k=1) == ["$45"]
+
+
+# ------------------------------------------------------------------------------------ fluency
+
+
+def test_ngram_entropy_exact_value_on_a_hand_computed_example():
+    # "a b a b": bigrams ab, ba, ab -> p = (2/3, 1/3), H2 = 0.9182958; trigrams aba, bab -> H3 = 1
+    h2 = -(2 / 3) * math.log2(2 / 3) - (1 / 3) * math.log2(1 / 3)
+    assert text_ngram_entropy("a b a b") == pytest.approx(h2 / 3 + 2 / 3, abs=1e-12)
+    # all-distinct 5 tokens: H2 = log2(4), H3 = log2(3)
+    assert text_ngram_entropy("a b c d e") == pytest.approx(2 / 3 + 2 * math.log2(3) / 3, abs=1e-12)
+    assert ngram_entropy(["a b a b", "a b c d e"]) == pytest.approx(
+        (h2 / 3 + 2 / 3 + 2 / 3 + 2 * math.log2(3) / 3) / 2, abs=1e-12
+    )
+    assert text_ngram_entropy("one") == 0.0
+    assert math.isnan(ngram_entropy([]))
+
+
+def test_ngram_entropy_is_lower_for_repetitive_text():
+    repetitive = ["the the the the the the the the the the the the"]
+    varied = ["the quick brown fox jumps over the lazy dog near a quiet river bank"]
+    assert ngram_entropy(repetitive) == 0.0
+    assert ngram_entropy(varied) > 3.0
+
+
+# ------------------------------------------------------------------------------------ sets
+
+
+def change(cid, subject, relation, old, new, minutes):
+    return FactChange(cid, subject, relation, old, new, T0 + timedelta(minutes=minutes))
+
+
+def test_build_target_set_one_request_per_key_latest_wins():
+    changes = [
+        change(3, "Acme X100", "price", "$150", "$99", 20),
+        change(1, "Acme X100", "price", "$199", "$150", 10),
+        change(2, "Zeta Q7", "colour", "blue", "teal", 5),
+        change(4, "Bolt K2", "colour", "green", "grey", 1),
+        change(5, "Bolt K2", "colour", "grey", "green", 2),  # back where it started: nothing to edit
+        change(6, "Nova P9", "price", None, "$10", 30),  # brand-new fact
+    ]
+    requests = build_target_set(changes, TEMPLATES)
+    assert [(r.subject, r.relation) for r in requests] == [("Zeta Q7", "colour"), ("Acme X100", "price"), ("Nova P9", "price")]
+    acme = requests[1]
+    assert acme == EditRequest(
+        subject="Acme X100",
+        relation="price",
+        prompt="The price of Acme X100 is",
+        target_new="$99",
+        target_true="$199",
+        paraphrases=("Acme X100 costs",),
+    )
+    assert requests[2].target_true is None
+    with pytest.raises(InvalidInput, match="weight"):
+        build_target_set([change(9, "Acme X100", "weight", "1kg", "2kg", 0)], TEMPLATES)
+
+
+def facts_of(world):
+    return [Fact(s, r, o) for (s, r), o in world.items()]
+
+
+def test_build_regression_set_excludes_edited_keys_and_is_deterministic():
+    world = {(f"Item {i}", rel): f"{rel}-{i}" for i in range(30) for rel in ("price", "colour")}
+    targets = build_target_set(
+        [change(1, "Item 3", "price", "price-3", "$1", 0), change(2, "Item 7", "colour", "colour-7", "pink", 0)],
+        TEMPLATES,
+    )
+    kwargs = dict(neighbours_per_request=4, n_unrelated=10, heldout_text=("A held-out sentence of words here.",), seed=5)
+    reg = build_regression_set(facts_of(world), targets, TEMPLATES, **kwargs)
+    edited_prompts = {t.prompt for t in targets}
+    items = reg.neighbourhood + reg.unrelated
+    assert not edited_prompts & {p for p, _ in items}
+    assert len(reg.neighbourhood) == 8 and len(reg.unrelated) == 10
+    assert not set(reg.neighbourhood) & set(reg.unrelated)
+    # every neighbour shares the subject or the relation of a target
+    for prompt, obj in reg.neighbourhood:
+        assert any(
+            t.subject in prompt or obj.startswith(t.relation + "-") for t in targets
+        ), (prompt, obj)
+    # Item 3's neighbours alternate: same subject first (its colour), then same relation
+    assert reg.neighbourhood[0] == ("The colour of Item 3 is", "colour-3")
+    assert reg.neighbourhood[1][1].startswith("price-")
+    # objects are the facts' objects
+    for prompt, obj in items:
+        assert obj in world.values()
+    # deterministic for a seed, whatever the facts' order; another seed draws differently
+    again = build_regression_set(list(reversed(facts_of(world))), targets, TEMPLATES, **kwargs)
+    assert again == reg
+    other = build_regression_set(facts_of(world), targets, TEMPLATES, **{**kwargs, "seed": 6})
+    assert other.unrelated != reg.unrelated
+    assert reg.heldout_text == ("A held-out sentence of words here.",)
+    assert reg.generation_prompts == ("The price of Item 3 is", "The colour of Item 7 is", "A held-out sentence of words here.")
+
+
+# ------------------------------------------------------------------------------------ evaluate
+
+
+@pytest.fixture(scope="module")
+def edit_case():
+    targets = build_target_set([change(1, "Acme X100", "price", "$199", "$45", 0)], TEMPLATES)
+    regression = build_regression_set(
+        facts_of(WORLD),
+        targets,
+        TEMPLATES,
+        neighbours_per_request=3,
+        n_unrelated=4,
+        heldout_text=tuple(corpus_of(WORLD)[2:6]),
+        seed=0,
+    )
+    return targets, regression
+
+
+@pytest.fixture(scope="module")
+def evaluations(lm, edited_lm, edit_case):
+    targets, regression = edit_case
+    before = evaluate(lm[0], lm[1], targets, regression)
+    after = evaluate(edited_lm[0], edited_lm[1], targets, regression)
+    return before, after
+
+
+def test_evaluate_scores_targets_and_regression_items(evaluations, edit_case):
+    before, after = evaluations
+    targets, regression = edit_case
+    assert set(before.summary) == set(SUMMARY_METRICS)
+    rows = before.rows
+    assert list(rows["kind"].value_counts().sort_index().items()) == [
+        ("neighbourhood", len(regression.neighbourhood)),
+        ("paraphrase", 1),
+        ("target", 1),
+        ("unrelated", len(regression.unrelated)),
+    ]
+    # before the edit the model answers the old price; after, the new one
+    assert rows.loc[rows["kind"] == "target", "greedy"].tolist() == ["$199"]
+    assert before.summary["efficacy_gen"] == 0.0 and before.summary["efficacy_tf"] == 0.0
+    assert after.summary["efficacy_gen"] == 1.0 and after.summary["efficacy_tf"] == 1.0
+    assert after.summary["paraphrase_gen"] == 1.0
+    # the untouched model knows all its other facts
+    assert before.summary["neighbourhood_gen"] == 1.0 and before.summary["unrelated_gen"] == 1.0
+    assert before.summary["neighbourhood_tf"] == 1.0
+    assert 1.0 <= before.summary["perplexity"] < 3.0
+    assert before.summary["fluency"] >= 0.0
+    # summary values are the means of the rows
+    for kind, metric in [("neighbourhood", "neighbourhood_gen"), ("unrelated", "unrelated_gen")]:
+        sel = after.rows[after.rows["kind"] == kind]
+        assert after.summary[metric] == pytest.approx(sel["gen_correct"].mean())
+        assert (sel["gen_correct"] == (sel["greedy"] == sel["expected"])).all()
+
+
+def test_retention_table_derives_values_from_real_evaluations(evaluations):
+    before, after = evaluations
+    table = retention_table(before, after).set_index("metric")
+    for m in SUMMARY_METRICS:
+        assert table.at[m, "before"] == pytest.approx(before.summary[m], nan_ok=True)
+        assert table.at[m, "after"] == pytest.approx(after.summary[m], nan_ok=True)
+        assert table.at[m, "change"] == pytest.approx(after.summary[m] - before.summary[m], nan_ok=True)
+    for kind in ("neighbourhood", "unrelated"):
+        b = before.rows[before.rows["kind"] == kind]["greedy"].tolist()
+        a = after.rows[after.rows["kind"] == kind]["greedy"].tolist()
+        expected = sum(x == y for x, y in zip(b, a)) / len(b)
+        assert table.at[f"{kind}_unchanged", "after"] == pytest.approx(expected)
+    ppl_b, ppl_a = before.summary["perplexity"], after.summary["perplexity"]
+    assert table.at["perplexity_drift", "after"] == pytest.approx((ppl_a - ppl_b) / ppl_b)
+    flu_b, flu_a = before.summary["fluency"], after.summary["fluency"]
+    expected_drop = 0.0 if flu_b == 0 else (flu_b - flu_a) / flu_b
+    assert table.at["fluency_drop", "after"] == pytest.approx(expected_drop)
+    assert math.isnan(table.at["perplexity_drift", "before"])
+
+
+def test_retention_table_refuses_evaluations_of_different_sets(lm, evaluations, edit_case):
+    before, _ = evaluations
+    targets, regression = edit_case
+    other = build_regression_set(facts_of(WORLD), targets, TEMPLATES, neighbours_per_request=1, n_unrelated=1, seed=3)
+    with pytest.raises(InvalidInput, match="different"):
+        retention_table(before, evaluate(lm[0], lm[1], targets, other))
