@@ -321,7 +321,10 @@ def test_retention_table_derives_values_from_real_evaluations(evaluations):
     flu_b, flu_a = before.summary["fluency"], after.summary["fluency"]
     expected_drop = 0.0 if flu_b == 0 else (flu_b - flu_a) / flu_b
     assert table.at["fluency_drop", "after"] == pytest.approx(expected_drop)
-    assert math.isnan(table.at["perplexity_drift", "before"])
+    for metric, baseline in [("neighbourhood_unchanged", 1.0), ("unrelated_unchanged", 1.0), ("perplexity_drift", 0.0), ("fluency_drop", 0.0)]:
+        assert table.at[metric, "before"] == baseline
+        assert table.at[metric, "change"] == pytest.approx(table.at[metric, "after"] - baseline)
+    assert not table[["before", "after", "change"]].isna().any().any()
 
 
 def test_retention_table_refuses_evaluations_of_different_sets(lm, evaluations, edit_case):

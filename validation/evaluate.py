@@ -54,6 +54,8 @@ SUMMARY_METRICS = (
 )
 #: Rows :func:`retention_table` adds; their value sits in the ``after`` column.
 DERIVED_METRICS = ("neighbourhood_unchanged", "unrelated_unchanged", "perplexity_drift", "fluency_drop")
+#: Value of each derived metric for a model compared with itself (the ``before`` column).
+_DERIVED_BASELINE = {"neighbourhood_unchanged": 1.0, "unrelated_unchanged": 1.0, "perplexity_drift": 0.0, "fluency_drop": 0.0}
 #: Most competing objects scored per neighbourhood item.
 MAX_COMPETITORS = 16
 
@@ -193,10 +195,12 @@ def _unchanged(before: pd.DataFrame, after: pd.DataFrame, kind: str) -> float:
 def retention_table(before: Evaluation, after: Evaluation) -> pd.DataFrame:
     """One row per metric: ``metric, before, after, change`` (change = after - before).
 
-    Then the derived rows the retention thresholds use, whose value is in ``after`` (``before``
-    and ``change`` are NaN): ``neighbourhood_unchanged`` and ``unrelated_unchanged`` (fraction of
-    greedy answers identical before and after), ``perplexity_drift`` = (after - before) / before,
-    ``fluency_drop`` = (before - after) / before (0.0 when fluency was already 0).
+    Then the derived rows the retention thresholds use, whose value is in ``after``:
+    ``neighbourhood_unchanged`` and ``unrelated_unchanged`` (fraction of greedy answers identical
+    before and after), ``perplexity_drift`` = (after - before) / before, ``fluency_drop`` =
+    (before - after) / before (0.0 when fluency was already 0). Their ``before`` is the value a
+    model compared with itself would get (1.0 unchanged, 0.0 drift and drop), so the table has no
+    NaN unless a metric had nothing to score.
     """
     rows = []
     metrics = [m for m in SUMMARY_METRICS if m in before.summary or m in after.summary]
@@ -215,7 +219,9 @@ def retention_table(before: Evaluation, after: Evaluation) -> pd.DataFrame:
         "fluency_drop": _relative_drop(flu_b, flu_a),
     }
     for m, v in derived.items():
-        rows.append((m, math.nan, float(v), math.nan))
+        v = float(v)
+        baseline = math.nan if math.isnan(v) else _DERIVED_BASELINE[m]
+        rows.append((m, baseline, v, v - baseline))
     return pd.DataFrame.from_records(rows, columns=["metric", "before", "after", "change"])
 
 
