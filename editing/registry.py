@@ -47,6 +47,7 @@ def _load_builtin() -> None:
     # Importing the editor packages registers them (one line each in their __init__).
     import editing.ft  # noqa: F401
     import editing.lora  # noqa: F401
+    import editing.saul  # noqa: F401
 
 
 def editor_names() -> list[str]:

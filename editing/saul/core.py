@@ -1,0 +1,103 @@
+"""SAUL's training sequences: edit sentences with random facts appended, plus augmented facts.
+
+Pure token arithmetic on lists of ids; no model. A row has two label sets: `edit` (the answer
+tokens of the edit, for the loss that must go to zero) and `reg` (the tokens of the random facts,
+for the regulariser)::
+
+    rows = saul_rows(edits, pool, rng, concat_facts=1, n_augment=len(edits), ...)
+    batch = collate(rows, pad_id)      # input_ids, attention_mask, edit_labels, reg_labels  [B, T]
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+IGNORE = -100
+
+#: (prompt ids, answer ids) of one sentence; the answer ids include the trailing eos.
+Pair = tuple[list[int], list[int]]
+
+
+@dataclass(frozen=True)
+class Row:
+    ids: list[int]
+    edit_labels: list[int]
+    reg_labels: list[int]
+
+
+@dataclass(frozen=True)
+class SaulBatch:
+    input_ids: torch.Tensor  # [B, T] right-padded
+    attention_mask: torch.Tensor  # [B, T]
+    edit_labels: torch.Tensor  # [B, T], IGNORE outside edit answers
+    reg_labels: torch.Tensor  # [B, T], IGNORE outside random / augmented fact tokens
+
+
+def _fact_labels(pair: Pair, whole: bool) -> list[int]:
+    prompt, answer = pair
+    return (list(prompt) if whole else [IGNORE] * len(prompt)) + list(answer)
+
+
+def saul_rows(
+    edits: Sequence[Pair],
+    pool: Sequence[Pair],
+    rng: random.Random,
+    *,
+    concat_facts: int,
+    n_augment: int,
+    augment_whole_sentence: bool,
+    max_length: int,
+) -> list[Row]:
+    """One row per edit (its sentence, then `concat_facts` random pool facts) and `n_augment` pool facts.
+
+    Sentences are joined directly: each answer already ends with eos, the sentence boundary.
+    Appended facts are labelled in full (prompt and answer: "keep writing normal text after the new
+    object"); augmented facts in full or answer-only. A row never exceeds `max_length` tokens: an
+    appended fact that would not fit is left out. With an empty pool, only the edit sentences remain.
+    """
+    rows: list[Row] = []
+    for prompt, answer in edits:
+        ids = list(prompt) + list(answer)
+        edit = [IGNORE] * len(prompt) + list(answer)
+        reg = [IGNORE] * len(ids)
+        for _ in range(concat_facts if pool else 0):
+            fact = pool[rng.randrange(len(pool))]
+            extra = list(fact[0]) + list(fact[1])
+            if len(ids) + len(extra) > max_length:
+                break
+            ids += extra
+            edit += [IGNORE] * len(extra)
+            reg += _fact_labels(fact, whole=True)
+        rows.append(Row(ids, edit, reg))
+    for _ in range(n_augment if pool else 0):
+        fact = pool[rng.randrange(len(pool))]
+        ids = list(fact[0]) + list(fact[1])
+        rows.append(Row(ids[:max_length], [IGNORE] * min(len(ids), max_length), _fact_labels(fact, augment_whole_sentence)[:max_length]))
+    return rows
+
+
+def collate(rows: Sequence[Row], pad_id: int) -> SaulBatch:
+    width = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    edit = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    reg = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r.ids)
+        ids[i, :n] = torch.tensor(r.ids)
+        mask[i, :n] = 1
+        edit[i, :n] = torch.tensor(r.edit_labels)
+        reg[i, :n] = torch.tensor(r.reg_labels)
+    return SaulBatch(ids, mask, edit, reg)
+
+
+def token_ce_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of next-token CE over labelled positions, number of them); labels are not shifted."""
+    shifted = logits[:, :-1, :].reshape(-1, logits.size(-1))  # [B*(T-1), V]
+    target = labels[:, 1:].reshape(-1)  # [B*(T-1)]
+    total = torch.nn.functional.cross_entropy(shifted.float(), target, ignore_index=IGNORE, reduction="sum")
+    return total, (target != IGNORE).sum()

@@ -1,0 +1,111 @@
+"""SAUL editor: fine-tunes chosen weights (densely or through LoRA) on regularised edit sequences."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from editing.adapters.lora import factor_tensors, lora_attached, lora_factors, trainable_parameters
+from editing.adapters.targets import target_modules, weight_names
+from editing.adapters.training import dense_finetune, adam_steps
+from editing.protocol import EditContext, EditResult
+from editing.saul.core import Pair, collate, saul_rows, token_ce_sums
+from editing.saul.hparams import SAULHParams
+from editing.trainable import only_these_trainable
+from infra.domain import EditRequest
+from infra.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+
+def _pair(tokenizer: Any, prompt: str, answer: str) -> Pair:
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return list(prompt_ids), list(answer_ids)
+
+
+def usable_pool(requests: Sequence[EditRequest], pool: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Pool facts minus any asked with an edited prompt (or one of its paraphrases)."""
+    edited = {r.prompt for r in requests} | {p for r in requests for p in r.paraphrases}
+    return [(p, a) for p, a in pool if p not in edited]
+
+
+class SAULEditor:
+    name = "saul"
+
+    def compute(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        requests: Sequence[EditRequest],
+        hparams: SAULHParams,
+        context: EditContext | None = None,
+    ) -> EditResult:
+        if not requests:
+            raise InvalidInput("saul: no edit requests")
+        context = context or EditContext()
+        started = time.perf_counter()
+        modules = target_modules(model, hparams.layers, hparams.modules, "saul")
+        device = next(model.parameters()).device
+        pool_text = usable_pool(requests, context.fact_pool)
+        if not pool_text and (hparams.concat_facts or hparams.augment_ratio):
+            log.warning("saul: empty fact pool; training on the edit sentences alone (plain fine-tuning)")
+        edits = [_pair(tokenizer, r.prompt, r.target_new) for r in requests]
+        pool = [_pair(tokenizer, p, a) for p, a in pool_text]
+        max_length = int(getattr(getattr(model, "config", None), "n_positions", 0) or
+                         getattr(getattr(model, "config", None), "max_position_embeddings", 1024))
+        n_augment = round(hparams.augment_ratio * len(requests))
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        rng = random.Random(hparams.seed)
+
+        def loss_fn(net: nn.Module) -> tuple[torch.Tensor, float]:
+            # random facts are drawn afresh every step
+            rows = saul_rows(edits, pool, rng, concat_facts=hparams.concat_facts, n_augment=n_augment,
+                             augment_whole_sentence=hparams.augment_loss == "full", max_length=max_length)
+            batch = collate(rows, pad_id)
+            edit_sum = torch.zeros((), device=device)
+            reg_sum = torch.zeros((), device=device)
+            edit_n, reg_n = 0, 0
+            for start in range(0, len(rows), hparams.batch_size):
+                chunk = slice(start, start + hparams.batch_size)
+                logits = net(input_ids=batch.input_ids[chunk].to(device),
+                             attention_mask=batch.attention_mask[chunk].to(device)).logits
+                s, n = token_ce_sums(logits, batch.edit_labels[chunk].to(device))
+                edit_sum, edit_n = edit_sum + s, edit_n + int(n)
+                s, n = token_ce_sums(logits, batch.reg_labels[chunk].to(device))
+                reg_sum, reg_n = reg_sum + s, reg_n + int(n)
+            edit_loss = edit_sum / max(edit_n, 1)
+            loss = edit_loss + (hparams.reg_weight * reg_sum / reg_n if reg_n else 0.0)
+            return loss, float(edit_loss.detach())
+
+        adam = dict(steps=hparams.steps, lr=hparams.lr, weight_decay=hparams.weight_decay,
+                    early_stop_loss=hparams.early_stop_loss)
+        was_training = model.training
+        model.eval()
+        try:
+            if hparams.tuning == "full":
+                names = weight_names(modules)
+                all_params = dict(model.named_parameters())
+                params = {name: all_params[name] for name in names}
+                with only_these_trainable(model, names):
+                    deltas, losses = dense_finetune(params, lambda: loss_fn(model), **adam)
+                tensors = {f"{name}::dense": delta for name, delta in deltas.items()}
+            else:
+                with lora_attached(model, modules, r=hparams.r, alpha=hparams.alpha, dropout=hparams.dropout,
+                                   seed=hparams.seed) as peft_model:
+                    losses = adam_steps(trainable_parameters(peft_model), lambda: loss_fn(peft_model), **adam)
+                    tensors = factor_tensors(lora_factors(peft_model))
+        finally:
+            model.train(was_training)
+        log.info("saul: %d requests, %d pool facts, %d steps, edit loss %.4f -> %.4f",
+                 len(requests), len(pool), len(losses), losses[0], losses[-1])
+        return EditResult(
+            tensors=tensors,
+            stats={"steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1], "pool_facts": len(pool),
+                   "seconds": time.perf_counter() - started},
+        )

@@ -1,0 +1,61 @@
+"""Hyperparameters of SAUL, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from editing.lora.hparams import validate_lora_fields
+from infra.errors import InvalidInput
+
+TUNINGS = ("full", "lora")
+AUGMENT_LOSSES = ("full", "answer")
+
+
+@dataclass(frozen=True)
+class SAULHParams:
+    """SAUL (methods.md 4.1): fine-tuning on edit sentences concatenated with random true facts.
+
+    Each step, every edit sentence `prompt + " " + target_new + eos` is followed by `concat_facts`
+    facts drawn afresh from the context's fact pool, each written the same way (the end-of-text token
+    is the sentence boundary, as the model learned facts; a space-joined variant would teach the model
+    not to stop after the new object, which our greedy answers rely on), and `augment_ratio` x N further pool facts are added as
+    standalone examples. Loss = CE(edit answer tokens) + `reg_weight` x CE(appended and augmented
+    fact tokens; the whole sentence with `augment_loss="full"`, only the answer with "answer").
+    Early stopping watches the edit-token loss only.
+
+    `tuning="full"` trains the weights of `layers` x `modules` densely (ΔW dense); `tuning="lora"`
+    trains LoRA adapters of rank `r` on them (ΔW = u @ v). With `concat_facts=0` and
+    `augment_ratio=0` SAUL is plain fine-tuning of the same weights (the ablation the bench uses).
+    """
+
+    layers: tuple[int, ...] = (1,)
+    modules: tuple[str, ...] = ("mlp.c_fc", "mlp.c_proj")
+    tuning: str = "full"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    steps: int = 40
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    early_stop_loss: float = 1e-2
+    concat_facts: int = 1
+    augment_ratio: float = 1.0
+    augment_loss: str = "full"
+    reg_weight: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
+        object.__setattr__(self, "modules", tuple(str(m) for m in self.modules))
+        validate_lora_fields("saul", self)
+        if self.tuning not in TUNINGS:
+            raise InvalidInput(f"saul: tuning must be one of {TUNINGS}, got {self.tuning!r}")
+        if self.augment_loss not in AUGMENT_LOSSES:
+            raise InvalidInput(f"saul: augment_loss must be one of {AUGMENT_LOSSES}, got {self.augment_loss!r}")
+        if self.concat_facts < 0:
+            raise InvalidInput(f"saul: concat_facts must be >= 0, got {self.concat_facts}")
+        if self.augment_ratio < 0:
+            raise InvalidInput(f"saul: augment_ratio must be >= 0, got {self.augment_ratio}")
+        if self.reg_weight < 0:
+            raise InvalidInput(f"saul: reg_weight must be >= 0, got {self.reg_weight}")
