@@ -48,6 +48,7 @@ def _load_builtin() -> None:
     import editing.ft  # noqa: F401
     import editing.lora  # noqa: F401
     import editing.saul  # noqa: F401
+    import editing.flearning  # noqa: F401
 
 
 def editor_names() -> list[str]:

@@ -29,13 +29,15 @@ def train_lora(
     hparams: Any,
     *,
     steps: int | None = None,
+    lr: float | None = None,
     early_stop_loss: float | None = None,
     editor: str = "lora",
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[float]]:
     """Train fresh LoRA adapters on (prompt, answer) pairs; the model is left unchanged.
 
     `hparams` needs the fields of `LoRAHParams` (layers, modules, r, alpha, dropout, lr,
-    weight_decay, batch_size, objective, seed). Returns (factors per weight, losses).
+    weight_decay, batch_size, objective, seed); `steps`, `lr` and `early_stop_loss` override
+    theirs. Returns (factors per weight, losses).
     """
     modules = target_modules(model, hparams.layers, hparams.modules, editor)
     device = next(model.parameters()).device
@@ -46,7 +48,7 @@ def train_lora(
             trainable_parameters(peft_model),
             lambda: chunked_answer_loss(peft_model, batch, hparams.batch_size, objective),
             steps=hparams.steps if steps is None else steps,
-            lr=hparams.lr,
+            lr=hparams.lr if lr is None else lr,
             weight_decay=hparams.weight_decay,
             early_stop_loss=hparams.early_stop_loss if early_stop_loss is None else early_stop_loss,
         )
