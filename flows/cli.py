@@ -217,7 +217,7 @@ def cmd_build_model(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from flows.demo import run_demo
 
-    return run_demo(settings, console)
+    return run_demo(settings, console, size_name=args.size)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -257,7 +257,8 @@ def _parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
         return command
 
-    add("demo", cmd_demo, "seed the demo catalogue, build the demo model, refresh, approve, promote, show")
+    p = add("demo", cmd_demo, "seed the demo catalogue, build the demo model, refresh, approve, promote, show")
+    p.add_argument("--size", choices=["demo", "tiny"], default="demo", help="tiny: 30 products, for tests")
     add("editors", cmd_editors, "list the registered editors")
     add("init", cmd_init, "create or migrate the database")
     add("build-model", cmd_build_model, "build the demo model if it is not cached")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -16,6 +18,17 @@ from tasks.run_artifacts import get_json, put_json, sets_from_json
 from validation.evaluate import evaluate, retention_table
 
 log = logging.getLogger(__name__)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN (a metric with nothing to score) becomes null: JSON columns and the audit hash refuse NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
@@ -33,14 +46,14 @@ def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
     finally:
         applied.revert()
     table = retention_table(before, after)
-    records = table.to_dict(orient="records")
+    records = json_safe(table.to_dict(orient="records"))
     put_json(ctx, run_id, "evaluation_rows_before.json", before.rows.to_dict(orient="records"))
     put_json(ctx, run_id, "evaluation_rows_after.json", after.rows.to_dict(orient="records"))
     put_json(ctx, run_id, "retention_table.json", records)
     with ctx.db.session() as session:
-        repo.update_run(session, run_id, metrics={"before": before.summary, "after": after.summary, "table": records})
-        append_event(session, run.started_by, "evaluate", f"run:{run_id}",
-                     {"delta": run.delta_sha, "before": before.summary, "after": after.summary})
+        summaries = json_safe({"before": before.summary, "after": after.summary})
+        repo.update_run(session, run_id, metrics={**summaries, "table": records})
+        append_event(session, run.started_by, "evaluate", f"run:{run_id}", {"delta": run.delta_sha, **summaries})
     log.info("run %s evaluated: %s", run_id, {k: round(v, 3) for k, v in after.summary.items()})
     return {"table": records}
 

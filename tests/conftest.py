@@ -68,3 +68,31 @@ def moto_endpoint() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny demo catalogue and a tiny model that has memorised it, built once per test session."""
+    from infra.demo.catalogue import demo_templates_path, generate_catalogue
+    from infra.demo.model_builder import DemoModelConfig, ensure_demo_model
+    from infra.fact_import import load_templates
+
+    facts = generate_catalogue(n_products=30)
+    templates = load_templates(demo_templates_path())
+    report = ensure_demo_model(tmp_path_factory.mktemp("tiny-model") / "demo", facts, templates,
+                               DemoModelConfig.tiny(), progress=False)
+    return facts, templates, report
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One temporary Prefect server for the whole session (starting one costs ~10 s)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -155,7 +155,7 @@ def test_generate_texts_is_deterministic_for_a_seed_and_leaves_the_global_rng(lm
     assert generate_texts(model, tok, prompts, max_new_tokens=12, seed=7) == first
     assert len(first) == 3 and all(isinstance(t, str) for t in first)
     # top_k=1 is greedy: the first generated words are the greedy answer
-    assert generate_texts(model, tok, ["The price of Zeta Q7 is"], max_new_tokens=8, top_k=1) == ["$45"]
+    assert generate_texts(model, tok, ["The price of Zeta Q7 is"], max_new_tokens=8, top_k=1, stop_at_eos=True) == ["$45"]
 
 
 # ------------------------------------------------------------------------------------ fluency

@@ -248,8 +248,13 @@ def generate_texts(
     seed: int = 0,
     top_k: int = 5,
     batch_size: int = 32,
+    stop_at_eos: bool = False,
 ) -> list[str]:
     """Top-k sampled continuations (prompt excluded), deterministic for a seed.
+
+    By default the end-of-text token is never sampled, so every text runs `max_new_tokens` long
+    (as the fixed-length generations of the ROME lineage's fluency metric): a model that has
+    learned to stop after each answer would otherwise always score an empty, zero-entropy text.
 
     A private ``torch.Generator`` seeded with `seed` drives the sampling, so the global RNG is
     neither used nor disturbed; the same model, prompts and seed give the same texts.
@@ -264,6 +269,8 @@ def generate_texts(
     generator.manual_seed(seed)
 
     def sample(logits: torch.Tensor) -> torch.Tensor:
+        if not stop_at_eos and eos_id is not None:
+            logits[:, eos_id] = float("-inf")
         top_vals, top_idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)  # [b, k]
         probs = torch.softmax(top_vals, dim=-1)
         choice = torch.multinomial(probs, 1, generator=generator)  # [b, 1]
@@ -273,6 +280,7 @@ def generate_texts(
     texts: list[str] = []
     with _inference(model):
         for start in range(0, len(encoded), batch_size):
-            gen = _decode_batch(model, encoded[start : start + batch_size], pad_id, eos_id, max_new_tokens, sample)
+            gen = _decode_batch(model, encoded[start : start + batch_size], pad_id,
+                                eos_id if stop_at_eos else None, max_new_tokens, sample)
             texts.extend(tokenizer.decode(g, skip_special_tokens=True).strip() for g in gen)
     return texts

@@ -1,0 +1,174 @@
+"""The whole business process on real parts: Prefect flows, SQLite/PostgreSQL, local/S3 store, GX, a real model.
+
+One refresh → approval of record through the CLI → promotion → the live model says the new facts
+→ rollback restores the base weights bit for bit → the audit trail verifies, and a tampered row
+is caught.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from editing.model_io import load_model, weights_fingerprint
+from flows.cli import main as cli
+from infra import repository as repo
+from infra.context import service_context
+from infra.demo.changes import next_change_batch
+from infra.domain import Fact
+from infra.errors import ApprovalRequired, InvalidState, PermissionDenied
+from infra.settings import Settings
+from tasks.live_model import load_live_model
+from tasks.promotion import promote_run, record_decision
+from validation.scoring import greedy_answers
+
+# FT-L settings that reach the tiny test model's capacity (two layers of width 64).
+TINY_FT = {"layers": [0], "lr": 0.02, "norm_constraint": 0.03, "steps": 60}
+
+
+@pytest.fixture(params=["sqlite+local", "postgres+s3"])
+def service(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_world, prefect_harness) -> Settings:
+    """Service settings in the environment, as a worker would get them; catalogue seeded."""
+    facts, _templates, report = tiny_world
+    monkeypatch.setenv("KUS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KUS_BASE_MODEL", str(report.path))
+    monkeypatch.setenv("KUS_REVIEWERS", "alice,bob")
+    monkeypatch.setenv("KUS_USER", "catalogue-bot")
+    if request.param == "sqlite+local":
+        monkeypatch.setenv("KUS_DATABASE_URL", f"sqlite:///{tmp_path / 'kus.db'}")
+        monkeypatch.setenv("KUS_DELTA_STORE", (tmp_path / "deltas").as_uri())
+    else:
+        monkeypatch.setenv("KUS_DATABASE_URL", request.getfixturevalue("postgres_url"))
+        monkeypatch.setenv("KUS_DELTA_STORE", f"s3://kus-{uuid.uuid4().hex[:8]}/deltas")
+        monkeypatch.setenv("KUS_S3_ENDPOINT_URL", request.getfixturevalue("moto_endpoint"))
+    settings = Settings.load()
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        repo.seed_facts(session, facts)
+    return settings
+
+
+def _apply_changes(settings: Settings, batch_no: int) -> list[Fact]:
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        batch = next_change_batch(repo.load_facts(session), batch_no)
+        repo.upsert_facts(session, batch, changed_by="erp")
+        repo.upsert_facts(session, [Fact(batch[0].subject, "energy_label", "A++")], changed_by="erp")
+    return batch
+
+
+def _answers(settings: Settings, prompts: list[str]) -> list[str]:
+    with service_context(settings) as ctx:
+        live = load_live_model(ctx)
+    return greedy_answers(live.model, live.tokenizer, prompts)
+
+
+def test_refresh_approve_promote_rollback(service: Settings, tiny_world, capsys) -> None:
+    from flows.refresh import catalogue_refresh
+
+    _facts, templates, report = tiny_world
+    batch = _apply_changes(service, 1)
+    result = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)
+    run_id = result["run_id"]
+    assert result["status"] == "awaiting_approval"
+    assert result["rejected"] == 1
+
+    with service_context(service) as ctx:
+        with ctx.db.session() as session:
+            run = repo.get_run(session, run_id)
+            rejections = repo.rejections_for(session, run_id)
+        assert run.status == "awaiting_approval" and run.delta_sha
+        assert len(rejections) == 1 and "energy_label" in rejections[0].reason
+        assert run.validation is not None and {c["metric"] for c in run.validation["checks"]} >= {"efficacy_gen"}
+        # nobody promotes without an approval of record; the run's starter cannot approve it
+        with pytest.raises(ApprovalRequired):
+            promote_run(ctx, run_id, "carol")
+        with pytest.raises(PermissionDenied):
+            record_decision(ctx, run_id, "mallory", "approved", "not a reviewer")
+
+    # the CLI is the approval path of record; it promotes on approval
+    assert cli(["approve", str(run_id), "--reviewer", "alice", "--reason", "checked", "--override-validation"]) == 0
+    prompts = [templates[f.relation].render(f.subject) for f in batch]
+    after = _answers(service, prompts)
+    efficacy = sum(a == f.object for a, f in zip(after, batch)) / len(batch)
+    assert efficacy >= 0.8, f"live model says {after}, database says {[f.object for f in batch]}"
+
+    changed = {(f.subject, f.relation) for f in batch}
+    kept = [f for f in _facts if (f.subject, f.relation) not in changed][:60]
+    kept_answers = _answers(service, [templates[f.relation].render(f.subject) for f in kept])
+    retention = sum(a == f.object for a, f in zip(kept_answers, kept)) / len(kept)
+    assert retention >= 0.75, f"unchanged facts retained only {retention:.0%}"
+
+    # rollback: the live model is the base model again, bit for bit
+    assert cli(["rollback", "--reason", "test rollback"]) == 0
+    base, _ = load_model(report.path)
+    with service_context(service) as ctx:
+        live = load_live_model(ctx)
+        assert live.head is None
+        assert weights_fingerprint(live.model) == weights_fingerprint(base)
+        with ctx.db.session() as session:
+            assert repo.get_run(session, run_id).status == "rolled_back"
+
+    # the audit trail has every step and verifies; a tampered row is caught
+    assert cli(["audit", "verify"]) == 0
+    with service_context(service) as ctx, ctx.db.session() as session:
+        actions = [e.action for e in repo_events(session)]
+    for action in ("ingest", "build_sets", "edit", "evaluate", "validate", "approval_requested", "approved",
+                   "promote", "rollback"):
+        assert action in actions
+    _tamper_with_audit(service)
+    assert cli(["audit", "verify"]) == 3
+    assert "BROKEN" in capsys.readouterr().out
+
+
+def repo_events(session):
+    from infra.audit import list_events
+
+    return list_events(session)
+
+
+def _tamper_with_audit(settings: Settings) -> None:
+    engine = sa.create_engine(settings.database_url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("DROP TRIGGER audit_events_no_update ON audit_events"))
+        else:
+            conn.execute(sa.text("DROP TRIGGER audit_events_no_update"))
+        conn.execute(sa.text("UPDATE audit_events SET payload = :p WHERE seq = 2"), {"p": json.dumps({"forged": True})})
+    engine.dispose()
+
+
+@pytest.mark.parametrize("service", ["sqlite+local"], indirect=True)
+def test_second_refresh_builds_on_promoted_head_and_crashed_runs_are_redone(service: Settings) -> None:
+    from flows.refresh import catalogue_refresh
+
+    _apply_changes(service, 1)
+    first = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
+    assert cli(["approve", str(first), "--reviewer", "bob", "--reason", "ok", "--override-validation"]) == 0
+
+    # a refresh cannot start while another waits for approval
+    _apply_changes(service, 2)
+    second = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
+    with pytest.raises(InvalidState):
+        catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)
+    assert cli(["reject", str(second), "--reviewer", "bob", "--reason", "not today"]) == 0
+
+    # a crashed run (stuck after its edit) is failed and its changes redone by the next refresh
+    _apply_changes(service, 3)
+    with service_context(service) as ctx, ctx.db.session() as session:
+        wm = repo.watermark(session, "demo")
+        crashed = repo.create_run(session, "demo", "ft", "carol", wm, repo.latest_change_id(session))
+    third = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)
+    with service_context(service) as ctx, ctx.db.session() as session:
+        assert repo.get_run(session, crashed.id).status == "failed"
+        run = repo.get_run(session, third["run_id"])
+        assert (run.watermark_from, run.watermark_to) == (crashed.watermark_from, crashed.watermark_to)
+        delta = repo.get_delta(session, str(run.delta_sha))
+        first_delta = repo.get_run(session, first).delta_sha
+    assert delta.parent_sha == first_delta  # built on the promoted head, not on the base
+    assert cli(["approve", str(third["run_id"]), "--reviewer", "alice", "--reason", "ok", "--override-validation"]) == 0
+    with service_context(service) as ctx:
+        live = load_live_model(ctx)
+        assert [d.id for d in live.chain] == [first_delta, run.delta_sha]
