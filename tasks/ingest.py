@@ -13,6 +13,7 @@ from infra.audit import append_event
 from infra.context import ServiceContext, service_context
 from infra.errors import InvalidState
 from tasks.catalogue_inputs import templates_for
+from tasks.retry_policy import retry_transient_only
 from validation.gx_suites import validate_incoming_changes
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def ingest_changes(
                              len(report.rejections), f"run {run.id}")
 
 
-@task(name="ingest-changes", retries=2, retry_delay_seconds=2)
+@task(name="ingest-changes", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_transient_only)
 def ingest_task(model_name: str, editor: str, started_by: str, flow_run_id: str | None = None) -> dict:
     with service_context() as ctx:
         outcome = ingest_changes(ctx, model_name, editor, started_by, flow_run_id)

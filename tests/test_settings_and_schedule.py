@@ -1,0 +1,57 @@
+"""Settings precedence and the scheduled refresh deployment on a real (temporary) Prefect server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from infra.errors import InvalidInput
+from infra.settings import DEFAULT_THRESHOLDS, Settings
+
+
+def test_defaults_config_file_then_env(tmp_path: Path) -> None:
+    config = tmp_path / "kus.toml"
+    config.write_text('[kus]\nmodel_name = "catalogue-lm"\nreviewers = ["ann", "ben"]\n'
+                      '[kus.thresholds]\nefficacy_min = 0.8\n')
+    settings = Settings.load(home=tmp_path, env={"KUS_CONFIG": str(config), "KUS_EDITOR": "memit"})
+    assert settings.database_url == f"sqlite:///{tmp_path / 'kus.db'}"
+    assert settings.delta_store_uri == (tmp_path / "deltas").as_uri()
+    assert settings.model_name == "catalogue-lm" and settings.reviewers == ("ann", "ben")
+    assert settings.default_editor == "memit"
+    assert settings.thresholds["efficacy_min"] == 0.8
+    assert settings.thresholds["perplexity_drift_max"] == DEFAULT_THRESHOLDS["perplexity_drift_max"]
+    env = {"KUS_CONFIG": str(config), "KUS_REVIEWERS": "cy, dee", "KUS_DATABASE_URL": "postgresql+psycopg2://x@h/db"}
+    overridden = Settings.load(home=tmp_path, env=env)
+    assert overridden.reviewers == ("cy", "dee") and overridden.database_url.startswith("postgresql")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("[kus]\nnot_a_setting = 1\n", "unknown settings"), ("[kus]\nthresholds = {efficacy = 1}\n", "unknown thresholds"),
+     ("[kus\n", "not valid TOML")],
+)
+def test_bad_config_is_refused_with_a_reason(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "kus.toml"
+    config.write_text(text)
+    with pytest.raises(InvalidInput, match=message):
+        Settings.load(home=tmp_path, env={"KUS_CONFIG": str(config)})
+
+
+def test_nightly_refresh_deployment_has_its_cron_schedule(prefect_harness) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.schedule import DEPLOYMENT_NAME, refresh_deployment
+
+    deployment_id = refresh_deployment(cron="0 2 * * *", editor="ft").apply()
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_deployment(deployment_id)
+
+    deployment = asyncio.run(read())
+    assert deployment.name == DEPLOYMENT_NAME
+    assert deployment.parameters == {"editor": "ft", "started_by": "catalogue-scheduler"}
+    crons = [s.schedule.cron for s in deployment.schedules]
+    assert crons == ["0 2 * * *"]
