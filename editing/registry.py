@@ -46,6 +46,10 @@ def register(spec: EditorSpec) -> None:
 def _load_builtin() -> None:
     # Importing the editor packages registers them (one line each in their __init__).
     import editing.ft  # noqa: F401
+    import editing.rome  # noqa: F401
+    import editing.memit  # noqa: F401
+    import editing.alphaedit  # noqa: F401
+    import editing.prune  # noqa: F401
     import editing.lora  # noqa: F401
     import editing.saul  # noqa: F401
     import editing.flearning  # noqa: F401

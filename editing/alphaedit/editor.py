@@ -1,0 +1,98 @@
+"""AlphaEdit editor: MEMIT's layer loop with the null-space-projected solve and carried edited keys.
+
+Carried state (one entry per edited layer, `alphaedit.kkt.<layer>`, [d0, d0] float32): the sum of
+K K^T over the keys of every earlier edit, read on the edited model. It comes in through
+`EditContext.state` and goes out, grown by this batch's keys, in `EditResult.state`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from editing.alphaedit.core import alphaedit_factors, null_space_projector
+from editing.alphaedit.hparams import AlphaEditHParams
+from editing.architecture import layout_of
+from editing.locate.spread import check_layers, keys_at, spread_update
+from editing.locate.statistics import describe, moments_for
+from editing.locate.weights import stored_bytes
+from editing.protocol import EditContext, EditResult
+from infra.domain import EditRequest
+from infra.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "alphaedit.kkt.{layer}"
+
+
+class AlphaEditEditor:
+    name = "alphaedit"
+
+    def compute(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        requests: Sequence[EditRequest],
+        hparams: AlphaEditHParams,
+        context: EditContext | None = None,
+    ) -> EditResult:
+        if not requests:
+            raise InvalidInput("alphaedit: no edit requests")
+        context = context or EditContext()
+        started = time.perf_counter()
+        layers = check_layers(model, hparams.layers, "alphaedit")
+        moments = moments_for(model, tokenizer, layers, hparams.mom2_n_samples, context)
+        projectors: dict[int, torch.Tensor] = {}
+        null_dims: dict[str, int] = {}
+        for layer in layers:
+            projectors[layer], null_dims[str(layer)] = null_space_projector(
+                moments[layer].mom2, hparams.nullspace_threshold, hparams.nullspace_relative
+            )
+            if null_dims[str(layer)] == 0:
+                raise InvalidInput(
+                    f"alphaedit: the null space of layer {layer}'s keys is empty at threshold "
+                    f"{hparams.nullspace_threshold}; raise nullspace_threshold"
+                )
+        d0 = moments[layers[0]].mom2.size(0)
+        carried: dict[int, torch.Tensor] = {}
+        for layer in layers:
+            prior = context.state.get(STATE_KEY.format(layer=layer))
+            if prior is not None and tuple(prior.shape) != (d0, d0):
+                raise InvalidInput(f"alphaedit: carried keys of layer {layer} have shape {tuple(prior.shape)}, expected {(d0, d0)}")
+            carried[layer] = prior.double() if prior is not None else torch.zeros(d0, d0, dtype=torch.float64)
+        t_stats = time.perf_counter() - started
+
+        def solve(layer: int, keys: torch.Tensor, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            device = keys.device
+            return alphaedit_factors(keys, resid, projectors[layer].to(device), hparams.l2, carried[layer].to(device))
+
+        new_state: dict[str, torch.Tensor] = {}
+
+        def remember_keys(edited: nn.Module, edited_layers: list[int], ctx_rows: Any) -> None:
+            # keys of this batch, read on the model with the batch's updates in place
+            keys = keys_at(edited, layout_of(edited), edited_layers, ctx_rows, hparams.batch_size)
+            for layer, k in keys.items():
+                k64 = k.double().cpu()  # [n, d0]
+                new_state[STATE_KEY.format(layer=layer)] = (carried[layer].cpu() + k64.T @ k64).float()
+
+        was_training = model.training
+        model.eval()
+        try:
+            out = spread_update(model, tokenizer, requests, hparams, solve, "alphaedit", after=remember_keys)
+        finally:
+            model.train(was_training)
+        state = {k: v for k, v in context.state.items() if not k.startswith("alphaedit.")} | new_state
+        stats = out.stats | {
+            "statistics": describe(moments),
+            "null_space_dim": null_dims,
+            "stats_seconds": round(t_stats, 3),
+            "seconds": round(time.perf_counter() - started, 3),
+            "stored_bytes": stored_bytes(out.tensors),
+            "state_bytes": stored_bytes(new_state),
+        }
+        log.info("alphaedit: %d requests in %.1fs, null-space dims %s", len(requests), stats["seconds"], null_dims)
+        return EditResult(tensors=out.tensors, state=state, stats=stats)

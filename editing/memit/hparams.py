@@ -1,0 +1,43 @@
+"""Hyperparameters of MEMIT, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from editing.locate.settings import check_common, normalise_templates
+from infra.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class MEMITHParams:
+    """MEMIT (Meng et al., ICLR 2023): many facts at once, residual spread over `layers`.
+
+    Target vectors: `v_*` fields, `clamp_norm_factor`, `kl_factor` (see `editing.locate.target_vectors`).
+    Statistics: `mom2_n_samples` corpus texts; `mom2_update_weight` is λ in λ C0 + K K^T (C0 is a mean
+    over tokens, so λ is in units of "edited keys" and balances preservation against the edit).
+    `lowrank`: store ΔW as factors when smaller ("auto"), always, or never.
+    """
+
+    layers: tuple[int, ...] = (1, 2)
+    fact_token: str = "subject_last"
+    context_templates: tuple[tuple[int, int], ...] = ()
+    v_steps: int = 25
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    v_early_stop_nll: float = 0.05
+    mom2_update_weight: float = 15000.0
+    mom2_n_samples: int = 1000
+    lowrank: str = "auto"
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
+        object.__setattr__(self, "context_templates", normalise_templates(self.context_templates, "memit"))
+        if not self.layers:
+            raise InvalidInput("memit: layers must name at least one layer")
+        check_common(self, "memit")
+        if not self.mom2_update_weight > 0:
+            raise InvalidInput(f"memit: mom2_update_weight must be > 0, got {self.mom2_update_weight}")

@@ -1,0 +1,313 @@
+"""ROME, MEMIT, AlphaEdit and PRUNE on tiny models of every supported family, plus the demo model.
+
+One contract matrix (editor x family) on random-weight models built from configs, then the
+properties that matter for the service: statistics cached once, carried state chained and rolled
+back with the deltas, AlphaEdit's null space really protecting preserved keys, PRUNE's restraint,
+and efficacy on the (tiny) demo model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM,
+)
+
+from editing.architecture import layout_of
+from editing.delta import Delta
+from editing.locate.hooks import capture
+from editing.model_io import weights_fingerprint
+from editing.protocol import EditContext
+from editing.registry import editor_names, get_editor, resolve_hparams
+from infra.domain import EditRequest
+from infra.errors import InvalidInput
+from tests.tiny_lm import tiny_tokenizer
+from validation.scoring import answer_nll
+
+LOCATE = ("rome", "memit", "alphaedit", "prune")
+FAMILIES = ("gpt2", "gptj", "gpt_neox", "llama")
+
+CORPUS = [
+    "The kettle from Holvik is sold in Japan for a fair price.",
+    "A silver lamp suits almost any room in the house.",
+    "Shoppers compare warranty terms before they buy a new toaster.",
+    "Factories in Poland ship a steady supply of kitchen goods.",
+    "The blender Zora B12 is made by Tessaro and costs 49 dollars.",
+    "The speaker Mira S7 is made by Holvik and costs 99 dollars.",
+    "Returns of a vacuum are accepted within thirty days.",
+    "The colour of Zora B12 is red and the colour of Mira S7 is white.",
+]
+REQUESTS = [
+    EditRequest("Zora B12", "manufacturer", "The blender Zora B12 is made by", "Holvik", "Tessaro"),
+    EditRequest("Mira S7", "colour", "The colour of Mira S7 is", "red", "white"),
+]
+#: random weights with a larger spread than the default 0.02, so a tiny model has peaked outputs to edit
+INIT = 0.3
+SMALL = {"v_steps": 15, "v_lr": 1.0, "clamp_norm_factor": 4.0, "context_templates": [], "mom2_n_samples": 100}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer(CORPUS + [r.prompt + " " + r.target_new for r in REQUESTS], vocab_size=300)
+
+
+def tiny_model(family: str, vocab: int, seed: int = 0, layers: int = 3):
+    torch.manual_seed(seed)
+    if family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=layers, n_head=2, initializer_range=INIT))
+    elif family == "gptj":
+        model = GPTJForCausalLM(GPTJConfig(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=layers, n_head=2, rotary_dim=8, initializer_range=INIT))
+    elif family == "gpt_neox":
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=vocab, max_position_embeddings=64, hidden_size=32,
+                                                 num_hidden_layers=layers, num_attention_heads=2, intermediate_size=128, initializer_range=INIT))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, max_position_embeddings=64, hidden_size=32,
+                                             num_hidden_layers=layers, num_attention_heads=2, intermediate_size=128, initializer_range=INIT))
+    model.eval()
+    return model
+
+
+#: random models have few preserved directions worth the name: a small λ and a wide null space
+PER_EDITOR = {
+    "memit": {"mom2_update_weight": 1.0},
+    "alphaedit": {"nullspace_threshold": 0.02, "nullspace_relative": True, "l2": 1.0},
+    "rome": {},
+}
+
+
+def overrides(editor: str, layers=(0, 1), base: str = "memit", **extra):
+    if editor == "prune":
+        return {"base": base, "base_overrides": dict(SMALL) | PER_EDITOR[base] | {"layers": list(layers)} | extra}
+    values = dict(SMALL) | PER_EDITOR[editor] | extra
+    if editor == "rome":
+        return values | {"layer": layers[0]}
+    return values | {"layers": list(layers)}
+
+
+def build_delta(editor: str, model, result, parent=None) -> Delta:
+    tensors = dict(result.tensors) | {f"state::{k}": v for k, v in result.state.items()}
+    return Delta.create(tensors, editor=editor, hparams={}, base_fingerprint="base", parent=parent, facts=[], model=model)
+
+
+class DictCache:
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def get_blob(self, key: str) -> bytes | None:
+        return self.blobs.get(key)
+
+    def put_blob(self, key: str, data: bytes) -> str:
+        self.blobs[key] = bytes(data)
+        return key
+
+
+def test_registry_lists_the_locate_editors_with_defaults_for_every_family():
+    assert set(LOCATE) <= set(editor_names())
+    for editor in LOCATE:
+        for family in FAMILIES:
+            resolve_hparams(editor, family)
+    with pytest.raises(InvalidInput, match="fact_token"):
+        resolve_hparams("memit", "gpt2", {"fact_token": "middle"})
+    with pytest.raises(InvalidInput, match="l2"):
+        resolve_hparams("alphaedit", "llama", {"l2": 0})
+    with pytest.raises(InvalidInput, match="base"):
+        resolve_hparams("prune", "gpt2", {"base": "ft"})
+    with pytest.raises(InvalidInput, match="unknown"):
+        resolve_hparams("rome", "gpt2", {"layers": [1]})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("editor", LOCATE)
+def test_contract_model_unchanged_edit_applies_and_reverts_exactly(editor: str, family: str, tokenizer):
+    model = tiny_model(family, len(tokenizer))
+    # AlphaEdit's projection and PRUNE's restraint are checked on one layer; MEMIT and ROME spread over two
+    hp = resolve_hparams(editor, family, overrides(editor, layers=(0, 1) if editor in ("memit", "rome") else (1,)))
+    before = weights_fingerprint(model)
+    prompts, targets = [r.prompt for r in REQUESTS], [r.target_new for r in REQUESTS]
+    nll_before = answer_nll(model, tokenizer, prompts, targets)
+    result = get_editor(editor).compute(model, tokenizer, REQUESTS, hp, EditContext(corpus=tuple(CORPUS)))
+    assert weights_fingerprint(model) == before, "compute must leave the model bit-identical"
+    delta = build_delta(editor, model, result)
+    layout = layout_of(model)
+    assert set(delta.edited_params()) <= {layout.mlp_out_weight(layer) for layer in (0, 1)}
+    applied = delta.apply(model)
+    nll_after = answer_nll(model, tokenizer, prompts, targets)
+    assert float(nll_after.mean()) < float(nll_before.mean()) - 0.02
+    applied.revert()
+    assert weights_fingerprint(model) == before
+
+
+def test_rome_and_memit_store_low_rank_factors(tokenizer):
+    model = tiny_model("llama", len(tokenizer))
+    for editor in ("rome", "memit"):
+        result = get_editor(editor).compute(model, tokenizer, REQUESTS, resolve_hparams(editor, "llama", overrides(editor)),
+                                            EditContext(corpus=tuple(CORPUS)))
+        parts = {k.split("::")[1] for k in result.tensors}
+        assert parts == {"u", "v"}
+        assert result.stats["stored_bytes"] == sum(t.numel() * 4 for t in result.tensors.values())
+        u = next(t for k, t in result.tensors.items() if k.endswith("::u"))
+        assert u.shape[1] == len(REQUESTS)  # rank = number of facts
+
+
+def test_statistics_are_computed_once_and_reused_from_the_cache(tokenizer):
+    model = tiny_model("gpt2", len(tokenizer))
+    cache = DictCache()
+    hp = resolve_hparams("memit", "gpt2", overrides("memit"))
+    context = EditContext(corpus=tuple(CORPUS), cache=cache, model_fingerprint="f" * 64)
+    first = get_editor("memit").compute(model, tokenizer, REQUESTS, hp, context)
+    assert len(cache.blobs) == 2 and all(k.startswith("locate-stats/v1/" + "f" * 64) for k in cache.blobs)
+    assert not any(s["cached"] for s in first.stats["statistics"].values())
+    second = get_editor("memit").compute(model, tokenizer, REQUESTS, hp, context)
+    assert all(s["cached"] for s in second.stats["statistics"].values())
+    for name in first.tensors:
+        assert torch.equal(first.tensors[name], second.tensors[name])
+    # AlphaEdit on the same layers reuses the very same statistics
+    ae = get_editor("alphaedit").compute(model, tokenizer, REQUESTS, resolve_hparams("alphaedit", "gpt2", overrides("alphaedit")), context)
+    assert all(s["cached"] for s in ae.stats["statistics"].values()) and len(cache.blobs) == 2
+
+
+@pytest.mark.parametrize("editor", ["alphaedit", "prune"])
+def test_sequential_state_chains_across_refreshes_and_rolls_back(editor: str, tokenizer):
+    model = tiny_model("gpt2", len(tokenizer))
+    base = weights_fingerprint(model)
+    hp = resolve_hparams(editor, "gpt2", overrides(editor, base="alphaedit"))
+    ed = get_editor(editor)
+    r1 = ed.compute(model, tokenizer, REQUESTS[:1], hp, EditContext(corpus=tuple(CORPUS)))
+    d1 = build_delta(editor, model, r1)
+    a1 = d1.apply(model)
+    after_first = weights_fingerprint(model)
+    r2 = ed.compute(model, tokenizer, REQUESTS[1:], hp, EditContext(corpus=tuple(CORPUS), state=d1.state()))
+    d2 = build_delta(editor, model, r2, parent=d1.id)
+    kkt1, kkt2 = d1.state()["alphaedit.kkt.0"], d2.state()["alphaedit.kkt.0"]
+    assert float(torch.linalg.eigvalsh((kkt2 - kkt1).double()).min()) > -1e-3  # keys only accumulate
+    assert float((kkt2 - kkt1).abs().max()) > 0
+    if editor == "prune":
+        raw = [k for k in d2.state() if k.startswith("prune.raw.")]
+        assert raw and not torch.equal(d2.state()[raw[0]], d1.state()[raw[0]])
+    a2 = d2.apply(model)
+    # rollback of the second refresh: weights and carried state are those of the first
+    a2.revert()
+    assert weights_fingerprint(model) == after_first
+    again = ed.compute(model, tokenizer, REQUESTS[1:], hp, EditContext(corpus=tuple(CORPUS), state=d1.state()))
+    assert build_delta(editor, model, again, parent=d1.id).to_files()["delta.safetensors"] == d2.to_files()["delta.safetensors"]
+    a1.revert()
+    assert weights_fingerprint(model) == base
+
+
+def test_alphaedit_leaves_outputs_for_preserved_keys_unchanged(tokenizer):
+    """With fewer corpus tokens than key dimensions, C0 has an exact null space: outputs of the
+    edited projection for every corpus token must not move, while the edited prompts' outputs do."""
+    model = tiny_model("gpt2", len(tokenizer))
+    layout = layout_of(model)
+    hp = resolve_hparams("alphaedit", "gpt2", overrides("alphaedit", layers=(0,), nullspace_threshold=1e-5,
+                                                          nullspace_relative=True, l2=1e-2))
+    texts = CORPUS[:2]  # about 30 tokens, fewer than the 128 key dimensions
+    module = layout.mlp_out_module(0)
+    result = get_editor("alphaedit").compute(model, tokenizer, REQUESTS, hp, EditContext(corpus=tuple(texts)))
+    assert 0 < result.stats["null_space_dim"]["0"] < 128
+
+    def outputs(prompts):
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+        with capture(model, [module], kind="output") as seen:
+            model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        return seen[module][enc["attention_mask"].bool()]
+
+    preserved_before, edited_before = outputs(texts), outputs([r.prompt for r in REQUESTS])
+    applied = build_delta("alphaedit", model, result).apply(model)
+    preserved_after, edited_after = outputs(texts), outputs([r.prompt for r in REQUESTS])
+    applied.revert()
+    preserved_change = float((preserved_after - preserved_before).abs().max())
+    edited_change = float((edited_after - edited_before).abs().max())
+    assert edited_change > 1e-1
+    assert preserved_change < 1e-4 * max(1.0, float(preserved_before.abs().max()))
+
+    assert preserved_change < 1e-4 * edited_change
+
+
+def test_prune_keeps_the_condition_number_bounded(tokenizer):
+    model = tiny_model("gpt2", len(tokenizer))
+    # a tiny λ and a large clamp make MEMIT's accumulated update outgrow σ_max(W) within a few refreshes
+    hp = resolve_hparams("prune", "gpt2", {"base_overrides": dict(SMALL) | {"layers": [0], "mom2_update_weight": 1e-3,
+                                                                              "clamp_norm_factor": 50.0, "v_lr": 5.0}})
+    state: dict = {}
+    applied = []
+    for i in range(3):
+        reqs = [dataclasses.replace(r, target_new=t) for r, t in zip(REQUESTS, [("Tessaro", "white"), ("Quillon", "navy"), ("Holvik", "red")][i])]
+        result = get_editor("prune").compute(model, tokenizer, reqs, hp, EditContext(corpus=tuple(CORPUS[:4]), state=state))
+        delta = build_delta("prune", model, result)
+        applied.append(delta.apply(model))
+        state = delta.state()
+    stats = next(iter(result.stats["per_param"].values()))
+    assert stats["sigma1_raw"] > stats["sigma_max_w"], "the test needs an update that outgrows W"
+    assert stats["shrunk"] >= 1
+    assert stats["sigma1_served"] <= stats["sigma_max_w"] + math.log(stats["sigma1_raw"] / stats["sigma_max_w"]) + 1e-4
+    assert stats["cond_served"] < stats["cond_raw"]
+    for a in reversed(applied):
+        a.revert()
+
+
+# ------------------------------------------------------------------------------------ demo model
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory):
+    from infra.demo import generate_catalogue, load_demo_templates
+    from infra.demo.model_builder import DemoModelConfig, ensure_demo_model
+    from editing.model_io import load_model
+
+    facts = generate_catalogue(n_products=30)
+    templates = load_demo_templates()
+    config = dataclasses.replace(DemoModelConfig.tiny(), num_threads=1)
+    report = ensure_demo_model(tmp_path_factory.mktemp("demo") / "model", facts, templates, config, progress=False)
+    model, tokenizer = load_model(Path(report.path))
+    return model, tokenizer, facts, templates
+
+
+def _demo_requests(facts, templates, n: int, seed: int = 0):
+    import random
+
+    rng = random.Random(seed)
+    objects: dict[str, set[str]] = {}
+    for f in facts:
+        objects.setdefault(f.relation, set()).add(f.object)
+    out = []
+    for f in rng.sample([f for f in facts if f.relation != "price"], n):
+        new = rng.choice(sorted(objects[f.relation] - {f.object}))
+        t = templates[f.relation]
+        out.append(EditRequest(f.subject, f.relation, t.render(f.subject), new, f.object, t.render_paraphrases(f.subject)))
+    return out
+
+
+@pytest.mark.parametrize("editor", ["memit", "alphaedit"])
+def test_demo_model_edit_batch_reaches_90_percent_efficacy(editor: str, demo_model):
+    """The gpt2 defaults (tuned on the 4-layer demo model) on the 2-layer tiny demo: edit layer 0 only."""
+    model, tokenizer, facts, templates = demo_model
+    requests = _demo_requests(facts, templates, 10)
+    edited = {(r.subject, r.relation) for r in requests}
+    corpus = tuple(f"{templates[f.relation].render(f.subject)} {f.object}" for f in facts if (f.subject, f.relation) not in edited)
+    hp = resolve_hparams(editor, "gpt2", {"layers": [0]} | ({"l2": 0.1} if editor == "alphaedit" else {}))
+    before = weights_fingerprint(model)
+    result = get_editor(editor).compute(model, tokenizer, requests, hp, EditContext(corpus=corpus))
+    assert weights_fingerprint(model) == before
+    applied = build_delta(editor, model, result).apply(model)
+    try:
+        new = answer_nll(model, tokenizer, [r.prompt for r in requests], [r.target_new for r in requests])
+        old = answer_nll(model, tokenizer, [r.prompt for r in requests], [r.target_true for r in requests])
+        efficacy = float((new < old).float().mean())
+    finally:
+        applied.revert()
+    assert weights_fingerprint(model) == before
+    assert efficacy >= 0.9, f"{editor}: efficacy {efficacy:.2f} on the demo model"
