@@ -53,6 +53,7 @@ def _load_builtin() -> None:
     import editing.lora  # noqa: F401
     import editing.saul  # noqa: F401
     import editing.flearning  # noqa: F401
+    import editing.elder  # noqa: F401
 
 
 def editor_names() -> list[str]:

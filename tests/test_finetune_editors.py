@@ -1,0 +1,277 @@
+"""The fine-tuning-family editors (LoRA, SAUL, F-Learning, ELDER) on the tiny demo model.
+
+One contract matrix: every editor leaves the model bit for bit unchanged while computing, its delta
+round-trips through bytes, applying it reaches >= 90% efficacy on a batch of demo changes, and
+reverting restores the model exactly. ELDER also: deferral leaves unrelated prompts alone, and its
+experts carry over through a chain of deltas (newer replaces older, revert brings the older back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from editing.delta import Delta
+from editing.model_io import load_model, weights_fingerprint
+from editing.protocol import EditContext
+from editing.registry import editor_names, get_editor, resolve_hparams
+from infra.domain import EditRequest
+from infra.errors import InvalidInput
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+EDITORS = ("lora", "saul", "flearning", "elder")
+FAMILIES = ("gpt2", "gptj", "gpt_neox", "llama")
+TINY_PRODUCTS = 30
+#: Tiny-model overrides (the family defaults are tuned on the 4-layer demo model).
+TINY_OVERRIDES: dict[str, dict] = {
+    "lora": {"lr": 0.02, "steps": 60},
+    "saul": {"lr": 0.01, "steps": 50},
+    "flearning": {"lr": 0.02, "steps": 60, "forget_steps": 10},
+    "elder": {"steps": 100},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def demo_world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """The tiny demo model (cached across runs by its build key), one change batch as requests, the fact pool."""
+    from infra.demo import generate_catalogue, generic_texts, load_demo_templates, next_change_batch
+    from infra.demo.model_builder import DemoModelConfig, ensure_demo_model
+
+    facts = generate_catalogue(TINY_PRODUCTS, seed=0)
+    templates = load_demo_templates()
+    cache_root = request.config.cache.mkdir("kus-finetune-editors") if getattr(request.config, "cache", None) else None
+    cache = (cache_root or tmp_path_factory.mktemp("kus-finetune-editors")) / "demo-tiny"
+    config = dataclasses.replace(DemoModelConfig.tiny(), num_threads=1)
+    report = ensure_demo_model(cache, facts, templates, config, progress=False)
+    old = {(f.subject, f.relation): f.object for f in facts}
+    changes = next_change_batch(facts, 1)
+    requests = []
+    for change in changes:
+        t = templates[change.relation]
+        requests.append(EditRequest(
+            change.subject, change.relation, t.render(change.subject), t.answer_format.format(object=change.object),
+            t.answer_format.format(object=old[(change.subject, change.relation)]), t.render_paraphrases(change.subject)))
+    edited = {(c.subject, c.relation) for c in changes}
+    pool = tuple((templates[f.relation].render(f.subject), templates[f.relation].answer_format.format(object=f.object))
+                 for f in facts if (f.subject, f.relation) not in edited)
+    # The tiny model's tokenizer was trained on its own catalogue: a sub-word piece it never had to
+    # write after a prompt (e.g. " 5" of "$599" when no price starts that way) has a dead output
+    # embedding that no edit of MLP weights or adapters revives. Efficacy is asserted on the
+    # requests whose answer tokens the model has written before; training uses the whole batch.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(report.path), local_files_only=True)
+    written = {t for f in facts for t in tokenizer(" " + templates[f.relation].answer_format.format(object=f.object))["input_ids"]}
+    live = [r for r in requests if set(tokenizer(" " + r.target_new)["input_ids"]) <= written]
+    assert len(live) >= 10, f"only {len(live)} of {len(requests)} requests have answers the tiny model can write"
+    corpus = tuple(generic_texts(facts, n=40, seed=0))
+    return report.path, requests, pool, live, corpus
+
+
+@pytest.fixture
+def model_and_tokenizer(demo_world):  # noqa: ANN001, ANN201
+    model, tokenizer = load_model(demo_world[0])
+    return model, tokenizer
+
+
+def _delta(name: str, result, model, fingerprint: str) -> Delta:  # noqa: ANN001
+    tensors = dict(result.tensors) | {f"state::{k}": v for k, v in result.state.items()}
+    extra = {"apply_kind": result.apply_kind} if result.apply_kind != "weights" else None
+    built = Delta.create(tensors, editor=name, hparams={}, base_fingerprint=fingerprint, parent=None, facts=[],
+                         model=model, extra=extra)
+    return Delta.from_files(built.to_files())
+
+
+def _efficacy(model, tokenizer, requests) -> float:  # noqa: ANN001
+    from validation.scoring import greedy_answers
+
+    answers = greedy_answers(model, tokenizer, [r.prompt for r in requests])
+    return sum(a == r.target_new for a, r in zip(answers, requests)) / len(requests)
+
+
+def _module_map(model) -> dict[str, int]:  # noqa: ANN001
+    return {name: id(module) for name, module in model.named_modules()}
+
+
+# --- registry and hyperparameters --------------------------------------------------------------
+
+
+def test_the_four_editors_are_registered_with_defaults_for_every_family() -> None:
+    assert set(EDITORS) <= set(editor_names())
+    for name in EDITORS:
+        for family in FAMILIES:
+            resolve_hparams(name, family)
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        ("lora", {"r": 0}, "r must be >= 1"),
+        ("lora", {"modules": []}, "modules must name"),
+        ("saul", {"tuning": "prefix"}, "tuning must be one of"),
+        ("saul", {"augment_ratio": -1}, "augment_ratio must be >= 0"),
+        ("flearning", {"lam": -0.5}, "lam must be"),
+        ("flearning", {"variant": "adalora"}, "variant must be one of"),
+        ("elder", {"query_layer": 3, "layers": [1]}, "query_layer must be"),
+        ("elder", {"top_k": 8}, "top_k must be"),
+    ],
+)
+def test_hyperparameters_are_validated(name: str, overrides: dict, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        resolve_hparams(name, "gpt2", overrides)
+
+
+# --- pure math ----------------------------------------------------------------------------------
+
+
+def test_lora_factors_equal_peft_merged_update() -> None:
+    from editing.adapters.lora import lora_attached, lora_factors
+    from tests.tiny_lm import tiny_gpt2
+
+    model, _ = tiny_gpt2(["a b c", "d e f"], n_embd=32)
+    before = weights_fingerprint(model)
+    with lora_attached(model, ["transformer.h.1.mlp.c_fc"], r=4, alpha=8) as peft_model:
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.1)  # B starts at zero: make the update non-trivial
+        layer = peft_model.get_submodule("base_model.model.transformer.h.1.mlp.c_fc")
+        merged = layer.get_delta_weight("default")
+        (u, v), = lora_factors(peft_model).values()
+    assert torch.allclose(u @ v, merged, atol=1e-6)
+    assert weights_fingerprint(model) == before
+    assert not any(p.requires_grad is False for p in model.parameters())
+
+
+def test_flearning_combined_factors_are_exact() -> None:
+    from editing.flearning.core import combined_factors
+
+    g = torch.Generator().manual_seed(0)
+    old = (torch.randn(6, 2, generator=g), torch.randn(2, 5, generator=g))
+    new = (torch.randn(6, 3, generator=g), torch.randn(3, 5, generator=g))
+    u, v = combined_factors(old, new, lam=0.7)
+    assert u.shape == (6, 5) and v.shape == (5, 5)
+    assert torch.allclose(u @ v, new[0] @ new[1] - 0.7 * old[0] @ old[1], atol=1e-5)
+
+
+def test_saul_rows_label_the_edit_answer_and_the_appended_fact() -> None:
+    import random
+
+    from editing.saul.core import IGNORE, collate, saul_rows
+
+    edits = [([1, 2], [3, 0])]  # prompt, answer + eos(0)
+    pool = [([7, 8], [9, 0])]
+    rows = saul_rows(edits, pool, random.Random(0), concat_facts=1, n_augment=1, augment_whole_sentence=False, max_length=64)
+    assert rows[0].ids == [1, 2, 3, 0, 7, 8, 9, 0]
+    assert rows[0].edit_labels == [IGNORE, IGNORE, 3, 0] + [IGNORE] * 4
+    assert rows[0].reg_labels == [IGNORE] * 4 + [7, 8, 9, 0]
+    assert rows[1].edit_labels == [IGNORE] * 4 and rows[1].reg_labels == [IGNORE, IGNORE, 9, 0]
+    assert collate(rows, pad_id=0).input_ids.shape == (2, 8)
+
+
+def test_elder_hamming_and_gates() -> None:
+    from editing.elder.core import min_hamming, moe_lora, top_k_gates
+
+    stored = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    codes = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0]], dtype=torch.bool)
+    assert min_hamming(codes, stored).tolist() == [0, 2]
+    assert min_hamming(codes, stored[:0]).tolist() == [5, 5]
+    gates, khot = top_k_gates(torch.tensor([[0.1, 0.5, 0.3, 0.1]]), 2)
+    assert khot.tolist() == [[False, True, True, False]] and torch.allclose(gates.sum(), torch.tensor(0.8))
+    x = torch.randn(3, 4)
+    a, b = torch.randn(4, 4, 2), torch.randn(4, 2, 5)
+    expected = sum(gates[0, e] * 2.0 * x @ a[e] @ b[e] for e in range(4))
+    assert torch.allclose(moe_lora(x, a, b, gates.expand(3, 4), 2.0), expected, atol=1e-5)
+
+
+# --- the contract matrix on the tiny demo model ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", EDITORS)
+def test_editor_reaches_efficacy_and_reverts_exactly(name: str, demo_world, model_and_tokenizer) -> None:  # noqa: ANN001
+    _, requests, pool, live, corpus = demo_world
+    model, tokenizer = model_and_tokenizer
+    before = weights_fingerprint(model)
+    modules = _module_map(model)
+    hparams = resolve_hparams(name, "gpt2", TINY_OVERRIDES[name])
+    result = get_editor(name).compute(model, tokenizer, requests, hparams, EditContext(fact_pool=pool, corpus=corpus))
+    assert weights_fingerprint(model) == before, "compute must leave the model unchanged"
+    assert _module_map(model) == modules
+    assert all(p.requires_grad for p in model.parameters())
+    delta = _delta(name, result, model, before)
+    applied = delta.apply(model)
+    efficacy = _efficacy(model, tokenizer, live)
+    applied.revert()
+    assert efficacy >= 0.9, f"{name}: efficacy {efficacy:.2f} on {len(live)} demo changes"
+    assert weights_fingerprint(model) == before
+    assert _module_map(model) == modules
+
+
+def test_elder_deferral_leaves_unrelated_prompts_unchanged(demo_world, model_and_tokenizer) -> None:  # noqa: ANN001
+    from infra.demo import generate_catalogue, heldout_texts
+    from validation.scoring import greedy_answers
+
+    _, requests, pool, live, corpus = demo_world
+    model, tokenizer = model_and_tokenizer
+    unrelated = [" ".join(text.split()[:6]) for text in heldout_texts(generate_catalogue(TINY_PRODUCTS, 0), n=24)]
+    before_answers = greedy_answers(model, tokenizer, unrelated)
+    fingerprint = weights_fingerprint(model)
+    # ELDER's code-only deferral leaks on this template-heavy world (see bench/results/elder_lifelong.md);
+    # the key guard (our addition) is what keeps unrelated text untouched.
+    hparams = resolve_hparams("elder", "gpt2", TINY_OVERRIDES["elder"] | {"key_similarity": 0.97})
+    result = get_editor("elder").compute(model, tokenizer, requests, hparams, EditContext(fact_pool=pool, corpus=corpus))
+    applied = _delta("elder", result, model, fingerprint).apply(model)
+    after_answers = greedy_answers(model, tokenizer, unrelated)
+    in_scope = _efficacy(model, tokenizer, live)
+    applied.revert()
+    assert in_scope >= 0.9
+    assert after_answers == before_answers
+
+
+def test_elder_carries_its_experts_through_a_chain(demo_world, model_and_tokenizer) -> None:  # noqa: ANN001
+    _, requests, pool, _, _ = demo_world
+    model, tokenizer = model_and_tokenizer
+    base = weights_fingerprint(model)
+    base_modules = _module_map(model)
+    hparams = resolve_hparams("elder", "gpt2", {"steps": 30})
+    editor = get_editor("elder")
+    first = editor.compute(model, tokenizer, requests[:4], hparams, EditContext(fact_pool=pool))
+    applied_first = _delta("elder", first, model, base).apply(model)
+    with_first = weights_fingerprint(model)
+    first_modules = _module_map(model)
+
+    second = editor.compute(model, tokenizer, requests[4:8], hparams, EditContext(state=first.state, fact_pool=pool))
+    assert weights_fingerprint(model) == with_first and _module_map(model) == first_modules
+    # the parameter count is fixed: only the code list may grow
+    assert {k: v.shape for k, v in second.state.items() if k != "elder.codes"} == \
+        {k: v.shape for k, v in first.state.items() if k != "elder.codes"}
+    assert second.state["elder.codes"].shape[0] >= first.state["elder.codes"].shape[0]
+
+    applied_second = _delta("elder", second, model, base).apply(model)
+    assert weights_fingerprint(model) != with_first
+    applied_second.revert()
+    assert weights_fingerprint(model) == with_first and _module_map(model) == first_modules
+    applied_first.revert()
+    assert weights_fingerprint(model) == base and _module_map(model) == base_modules
+
+
+def test_flearning_without_old_objects_only_learns(demo_world, model_and_tokenizer) -> None:  # noqa: ANN001
+    requests = demo_world[1]
+    model, tokenizer = model_and_tokenizer
+    inserts = [dataclasses.replace(r, target_true=None) for r in requests[:3]]
+    hparams = resolve_hparams("flearning", "gpt2", {"steps": 2, "variant": "full"})
+    result = get_editor("flearning").compute(model, tokenizer, inserts, hparams)
+    assert result.stats["forgotten"] == 0 and result.stats["forget_steps"] == 0
+    assert all(name.endswith("::dense") for name in result.tensors)
