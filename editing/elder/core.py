@@ -53,9 +53,16 @@ def guided_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(torch.log(probs.clamp_min(1e-9)) * target.float()).sum(-1).mean()
 
 
-def preferred_experts(probs: torch.Tensor, k: int, allowed: torch.Tensor) -> torch.Tensor:
-    """The k experts with the highest mean probability among `allowed`: probs [N, E], allowed [E] bool -> [E] bool."""
-    mean = probs.float().mean(0).masked_fill(~allowed, float("-inf"))
+def preferred_experts(probs: torch.Tensor, k: int, allowed: torch.Tensor, usage: torch.Tensor | None = None) -> torch.Tensor:
+    """The k experts with the highest mean probability among `allowed`, least-used first.
+
+    probs [N, E], allowed [E] bool, usage [E] (how often stored codes already use each expert, in
+    [0, 1]; used ones are passed over so successive edits spread over the experts) -> [E] bool.
+    """
+    mean = probs.float().mean(0)
+    if usage is not None:
+        mean = mean - 2.0 * usage.to(mean.device).float()  # probabilities are <= 1: usage dominates
+    mean = mean.masked_fill(~allowed, float("-inf"))
     out = torch.zeros(probs.shape[-1], dtype=torch.bool, device=probs.device)
     out[mean.topk(k).indices] = True
     return out

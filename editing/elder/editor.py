@@ -99,7 +99,7 @@ class ELDEREditor:
         pool = [p + " " + a for p, a in context.fact_pool if p not in edited] + list(context.corpus)
         max_tokens = int(getattr(getattr(model, "config", None), "n_positions", 0) or 64)
         pool_rows = [(ids[:max_tokens], n) for ids, n in _rows(tokenizer, [(text, None) for text in pool])]
-        n_null = min(len(pool_rows), hparams.null_facts * len(requests)) if hparams.null_weight > 0 else 0
+        n_null = min(len(pool_rows), max(hparams.null_facts * len(requests), 16)) if hparams.null_weight > 0 else 0
         rng = random.Random(hparams.seed)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -127,6 +127,8 @@ class ELDEREditor:
         runtime = inst.runtime
         runtime.mode = "train"
         allocation: torch.Tensor | None = None  # [n_requests, L, E] bool, preset on the first step
+        stored = runtime.codes.reshape(-1, len(targets), E).float()  # [M, L, E]
+        usage = (stored.mean(0) if stored.shape[0] else torch.zeros(len(targets), E)).to(device)  # [L, E]
         owner_t = torch.tensor(owner, device=device)
         lm_losses: list[float] = []
         was_training = model.training
@@ -149,7 +151,7 @@ class ELDEREditor:
                     with torch.no_grad():
                         allocation = torch.stack([
                             torch.stack([preferred_experts(probs[:n_edit_rows][(owner_t == i)[:, None] & key_pos[:n_edit_rows]][:, l],
-                                                           k, ~reserved) for l in range(probs.shape[2])])
+                                                           k, ~reserved, usage[l]) for l in range(probs.shape[2])])
                             for i in range(len(requests))])
                 # guided loss at the key tokens, toward each edit's preset experts (every layer)
                 edit_probs = probs[:n_edit_rows][key_pos[:n_edit_rows]]  # [N, L, E]
@@ -157,14 +159,17 @@ class ELDEREditor:
                 target = allocation[row_owner]  # [N, L, E]
                 guide = guided_loss(edit_probs.reshape(-1, E), target.reshape(-1, E)) if hparams.guide_weight else lm * 0
                 loss = lm + hparams.guide_weight * guide
+                null_probs = probs[null_pos]  # [M, L, E]
                 if hparams.null_weight > 0:
-                    null_probs = probs[null_pos]  # [M, L, E]
                     null_target = reserved.expand(null_probs.shape[0], null_probs.shape[1], E)
                     loss = loss + hparams.null_weight * guided_loss(null_probs.reshape(-1, E), null_target.reshape(-1, E))
                 with torch.no_grad():
                     chosen = edit_probs.topk(k, dim=-1).indices
                     hit = torch.zeros_like(edit_probs, dtype=torch.bool).scatter_(-1, chosen, True)
                     routed = bool((hit == target).all())
+                    if hparams.null_weight > 0 and null_probs.numel():
+                        null_hit = torch.zeros_like(null_probs, dtype=torch.bool).scatter_(-1, null_probs.topk(k, dim=-1).indices, True)
+                        routed = routed and float((null_hit == reserved).all(-1).all(-1).float().mean()) >= 0.99
                 lm_losses.append(float(lm.detach()))
                 return loss, float(lm.detach()) + (0.0 if routed else 1.0)
 

@@ -18,12 +18,14 @@ class ELDERHParams:
     every router, concatenated; the adapters act on a token only when its code is within Hamming
     distance < `threshold` of a stored edit code (deferral), else the frozen model answers alone.
 
-    Training (per refresh): LM loss on the answers + `guide_weight` x guided loss
+    Training (per refresh; early stopping waits until the answers are learned, the key tokens route to
+    their targets and 99% of the deferred tokens to the reserved experts): LM loss on the answers + `guide_weight` x guided loss
     −Σ_{e∈target} log g_e at the edit positions (last prompt token and answer tokens), where the
-    target is the router's own top-k over the non-reserved experts (soft mode). `augmentations`
+    target is the router's own top-k over the non-reserved experts, least-used by stored codes first
+    (so successive edits spread over the experts). `augmentations`
     self-made variants of each prompt (a fixed generic prefix, lower-cased first letter) are
     trained the same way. With `null_weight` > 0, positions that must be deferred (the edit
-    prompt's other tokens and `null_facts` x N sentences drawn from the context's fact pool and generic
+    prompt's other tokens and max(`null_facts` x N, 16) sentences drawn from the context's fact pool and generic
     corpus) are routed to the
     `top_k` reserved experts (our addition to ELDER, so non-edit tokens get codes far from every
     edit code). The codes of the edit positions after training join the stored set (unique codes).
