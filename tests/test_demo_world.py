@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 
 from infra.demo.catalogue import (
     MANUFACTURERS,
@@ -18,7 +17,6 @@ from infra.demo.catalogue import (
     generic_texts,
     heldout_texts,
     load_demo_templates,
-    parse_templates,
 )
 from infra.demo.changes import apply_changes, next_change_batch
 from infra.domain import Fact
@@ -92,15 +90,10 @@ def test_templates_file_has_paraphrases_with_subject() -> None:
             assert "{subject}" in text and text == text.rstrip()
 
 
-def test_parse_templates_is_strict() -> None:
-    raw = yaml.safe_load(demo_templates_path().read_text())
-    assert parse_templates(raw).relations() == sorted(RELATIONS)
-    with pytest.raises(InvalidInput):
-        parse_templates({"relations": {"price": {"prompt": "The price is", "paraphrases": []}}})
-    with pytest.raises(InvalidInput):
-        parse_templates({"relations": {"price": {"prompt": "{subject} costs ", "paraphrases": []}}})
-    with pytest.raises(InvalidInput):
-        parse_templates({"relations": {"price": {"prompt": "{subject} costs", "paraphrases": [], "typo": 1}}})
+def test_demo_templates_load_through_the_project_loader() -> None:
+    from infra.fact_import import load_templates
+
+    assert load_templates(demo_templates_path()) == load_demo_templates()
 
 
 # --- change batches ------------------------------------------------------------------------------

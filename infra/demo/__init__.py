@@ -12,7 +12,6 @@ from infra.demo.catalogue import (
     generic_texts,
     heldout_texts,
     load_demo_templates,
-    parse_templates,
 )
 from infra.demo.changes import apply_changes, next_change_batch
 
@@ -40,5 +39,4 @@ __all__ = [
     "heldout_texts",
     "load_demo_templates",
     "next_change_batch",
-    "parse_templates",
 ]

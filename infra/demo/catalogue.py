@@ -18,11 +18,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from infra.domain import Fact, RelationTemplate, RelationTemplates
+from infra.domain import Fact, RelationTemplates
 from infra.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -87,52 +86,11 @@ def demo_templates_path() -> Path:
     return _TEMPLATES_PATH
 
 
-def parse_templates(data: Mapping[str, Any]) -> RelationTemplates:
-    """Turn `{relations: {name: {prompt, paraphrases, answer_format?}}}` into `RelationTemplates`.
-
-    Strict: unknown keys, a template without `{subject}` or with a trailing space are refused.
-    """
-    if not isinstance(data, Mapping) or not isinstance(data.get("relations"), Mapping) or not data["relations"]:
-        raise InvalidInput("templates: expected a mapping with a non-empty 'relations' mapping")
-    extra = set(data) - {"relations"}
-    if extra:
-        raise InvalidInput(f"templates: unknown top-level keys {sorted(extra)}")
-    out: dict[str, RelationTemplate] = {}
-    for name, spec in data["relations"].items():
-        if not isinstance(spec, Mapping):
-            raise InvalidInput(f"templates: relation {name!r} must be a mapping")
-        unknown = set(spec) - {"prompt", "paraphrases", "answer_format"}
-        if unknown:
-            raise InvalidInput(f"templates: relation {name!r} has unknown keys {sorted(unknown)}")
-        prompt = spec.get("prompt")
-        paraphrases = spec.get("paraphrases") or []
-        if not isinstance(prompt, str) or not isinstance(paraphrases, list):
-            raise InvalidInput(f"templates: relation {name!r} needs a 'prompt' string and a 'paraphrases' list")
-        for text in [prompt, *paraphrases]:
-            if not isinstance(text, str) or "{subject}" not in text:
-                raise InvalidInput(f"templates: relation {name!r}: {text!r} must contain {{subject}}")
-            if text != text.rstrip():
-                raise InvalidInput(f"templates: relation {name!r}: {text!r} must not end with whitespace")
-        answer_format = spec.get("answer_format", "{object}")
-        if not isinstance(answer_format, str) or "{object}" not in answer_format:
-            raise InvalidInput(f"templates: relation {name!r}: answer_format must contain {{object}}")
-        out[str(name)] = RelationTemplate(str(name), prompt, tuple(paraphrases), answer_format)
-    return RelationTemplates(out)
-
-
 def load_demo_templates(path: Path | None = None) -> RelationTemplates:
-    """Load relation templates from a YAML file (the demo's own file by default)."""
-    import yaml
+    """Load relation templates (the demo's own file by default) with `infra.fact_import.load_templates`."""
+    from infra.fact_import import load_templates
 
-    path = Path(path) if path is not None else demo_templates_path()
-    try:
-        from infra.fact_import import load_templates  # the project's loader, once it exists
-    except ImportError:
-        load_templates = None
-    if load_templates is not None:
-        return load_templates(path)
-    with path.open(encoding="utf-8") as fh:
-        return parse_templates(yaml.safe_load(fh))
+    return load_templates(Path(path) if path is not None else demo_templates_path())
 
 
 def nearest_price_index(price: str) -> int:
