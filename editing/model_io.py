@@ -8,14 +8,15 @@ The fingerprint ties every delta to the exact base weights it was computed on::
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from infra.errors import NotFound
+from infra.fingerprint import tensor_sha256, weights_fingerprint
+
+__all__ = ["load_model", "tensor_sha256", "weights_fingerprint"]
 
 
 def load_model(path: Path, device: str = "cpu", dtype: torch.dtype | None = None):  # noqa: ANN201
@@ -37,21 +38,3 @@ def load_model(path: Path, device: str = "cpu", dtype: torch.dtype | None = None
     model.to(device)
     model.eval()
     return model, tokenizer
-
-
-def tensor_sha256(tensor: torch.Tensor) -> str:
-    """sha256 of a tensor's exact bytes (dtype and shape included), for bit-exact checks."""
-    digest = hashlib.sha256()
-    digest.update(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-    data = tensor.detach().contiguous().cpu()
-    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """sha256 over every parameter and buffer, by name, in a stable order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor_sha256(tensor).encode())
-    return digest.hexdigest()

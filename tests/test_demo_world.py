@@ -184,7 +184,7 @@ def test_tiny_build_memorises_the_catalogue(tiny_build, tiny_world) -> None:  # 
 def test_tiny_build_report_and_fingerprint(tiny_build) -> None:  # noqa: ANN001
     from transformers import AutoModelForCausalLM
 
-    from infra.demo.model_builder import weights_fingerprint
+    from infra.fingerprint import weights_fingerprint
 
     cache, report = tiny_build
     data = json.loads((cache / "build_report.json").read_text())

@@ -43,6 +43,8 @@ import torch.nn.functional as F  # noqa: E402
 from infra.demo.catalogue import generic_texts
 from infra.domain import Fact, RelationTemplates
 from infra.errors import InvalidInput
+from infra.fingerprint import weights_fingerprint
+from validation.scoring import greedy_answers
 
 log = logging.getLogger(__name__)
 
@@ -281,51 +283,6 @@ def _teacher_forced_accuracy(model: Any, examples: Sequence[_Example], pad_id: i
     return hits / max(len(examples), 1)
 
 
-# --- greedy answers ------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def greedy_answers(
-    model: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 128, max_new_tokens: int = MAX_NEW_TOKENS
-) -> list[str]:
-    """Greedy continuation of each prompt up to eos (at most `max_new_tokens`), decoded and stripped.
-
-    Prompts are batched by token length, so no padding (and no position shift) is ever needed.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    by_length: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(i)
-    answers: list[str] = [""] * len(prompts)
-    for indices in by_length.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            input_ids = torch.tensor([encoded[i] for i in chunk], device=device)  # (B, T)
-            out = model(input_ids=input_ids, use_cache=True)
-            past = out.past_key_values
-            next_ids = out.logits[:, -1].argmax(-1)  # (B,)
-            generated = [[] for _ in chunk]
-            done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-            for step in range(max_new_tokens):
-                for row in range(len(chunk)):
-                    if not done[row] and next_ids[row].item() != eos:
-                        generated[row].append(int(next_ids[row]))
-                done |= next_ids == eos
-                if bool(done.all()) or step == max_new_tokens - 1:
-                    break
-                out = model(input_ids=next_ids[:, None], past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                next_ids = out.logits[:, -1].argmax(-1)
-            for row, i in enumerate(chunk):
-                answers[i] = tokenizer.decode(generated[row], skip_special_tokens=True).strip()
-    model.train(was_training)
-    return answers
-
-
 def prompt_accuracy(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 128) -> float:
     """Share of (prompt, expected answer) pairs whose greedy answer equals the expected one exactly."""
     if not pairs:
@@ -355,22 +312,6 @@ def paraphrase_accuracy(
 
 
 # --- fingerprints and keys -----------------------------------------------------------------------
-
-
-def weights_fingerprint(model: Any) -> str:
-    """sha256 over every tensor of the state dict, by name, in a stable order (dtype and shape included).
-
-    Same convention as `editing.model_io.weights_fingerprint` (infra cannot import editing).
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        inner = hashlib.sha256()
-        inner.update(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        data = tensor.detach().contiguous().cpu()
-        inner.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-        digest.update(name.encode())
-        digest.update(inner.hexdigest().encode())
-    return digest.hexdigest()
 
 
 def build_key(facts: Sequence[Fact], templates: RelationTemplates, config: DemoModelConfig) -> str:
