@@ -146,18 +146,10 @@ def test_chained_batches_keep_producing_real_changes() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_world() -> tuple[list[Fact], object]:
-    return generate_catalogue(TINY_PRODUCTS, seed=0), load_demo_templates()
-
-
-@pytest.fixture(scope="module")
-def tiny_build(tmp_path_factory: pytest.TempPathFactory, tiny_world):  # noqa: ANN001, ANN201
-    from infra.demo.model_builder import DemoModelConfig, ensure_demo_model
-
-    facts, templates = tiny_world
-    cache = tmp_path_factory.mktemp("demo-cache") / "models" / "demo"
-    report = ensure_demo_model(cache, facts, templates, DemoModelConfig.tiny(), progress=False)
-    return cache, report
+def tiny_build(tiny_world):  # noqa: ANN001, ANN201
+    """The session's shared tiny build (tests/conftest.py), so the suite trains it only once."""
+    _facts, _templates, report = tiny_world
+    return report.path, report
 
 
 def test_tiny_build_memorises_the_catalogue(tiny_build, tiny_world) -> None:  # noqa: ANN001
@@ -166,7 +158,7 @@ def test_tiny_build_memorises_the_catalogue(tiny_build, tiny_world) -> None:  # 
     from infra.demo.model_builder import fact_accuracy, paraphrase_accuracy
 
     cache, report = tiny_build
-    facts, templates = tiny_world
+    facts, templates, _report = tiny_world
     assert report.path == cache and not report.reused
     assert report.epochs >= 1 and report.n_params > 0 and report.seconds > 0
     model = AutoModelForCausalLM.from_pretrained(cache, local_files_only=True)
@@ -202,7 +194,7 @@ def test_ensure_demo_model_reuses_the_cache(tiny_build, tiny_world) -> None:  # 
     from infra.demo.model_builder import DemoModelConfig, build_key, ensure_demo_model
 
     cache, first = tiny_build
-    facts, templates = tiny_world
+    facts, templates, _report = tiny_world
     weights = cache / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
     second = ensure_demo_model(cache, facts, templates, DemoModelConfig.tiny(), progress=False)
@@ -228,7 +220,7 @@ def test_demo_config_validates() -> None:
 def test_missing_template_is_refused(tmp_path: Path, tiny_world) -> None:  # noqa: ANN001
     from infra.demo.model_builder import DemoModelConfig, build_demo_model
 
-    facts, templates = tiny_world
+    facts, templates, _report = tiny_world
     odd = [*facts, Fact(facts[0].subject, "voltage", "230 V")]
     with pytest.raises(InvalidInput):
         build_demo_model(odd, templates, tmp_path / "m", DemoModelConfig.tiny(), progress=False)
