@@ -37,3 +37,9 @@ class ApprovalRequired(ServiceError):
 
 class PermissionDenied(ServiceError):
     code = "permission_denied"
+
+
+class StorageError(ServiceError):
+    """A storage backend failed (e.g. an S3 error other than a missing key); the message names the cause."""
+
+    code = "storage_error"

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from editing.architecture import layout_of, num_layers
 from editing.batches import answer_batch, answer_loss
@@ -58,7 +59,9 @@ class FTEditor:
         started = time.perf_counter()
         was_training = model.training
         model.eval()
-        with only_these_trainable(model, names):
+        context = context or EditContext()
+        bar = tqdm(total=hparams.steps, desc="ft: fine-tuning", unit="step", disable=not context.show_progress)
+        with only_these_trainable(model, names), bar:
             deltas, losses = constrained_finetune(
                 params,
                 loss_fn,
@@ -67,6 +70,7 @@ class FTEditor:
                 norm_constraint=hparams.norm_constraint,
                 early_stop_loss=hparams.early_stop_loss,
                 weight_decay=hparams.weight_decay,
+                on_step=lambda _step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")),
             )
         model.train(was_training)
         log.info("ft: %d requests, %d steps, loss %.4f -> %.4f", len(requests), len(losses), losses[0], losses[-1])

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
-from infra.errors import IntegrityMismatch, InvalidInput, ServiceError
+from infra.errors import IntegrityMismatch, InvalidInput, StorageError  # noqa: F401 - StorageError re-exported
 
 MANIFEST = "manifest.json"
 BLOBS_DIR = "blobs"
@@ -35,12 +35,6 @@ S3_CHECKSUM_MODES = ("when_required", "when_supported")
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _BLOB_KEY_RE = re.compile(r"[A-Za-z0-9._/-]+")
-
-
-class StorageError(ServiceError):
-    """A storage backend failed (e.g. an S3 error other than a missing key); the message names the cause."""
-
-    code = "storage_error"
 
 
 @runtime_checkable
