@@ -45,7 +45,8 @@ class Settings:
     base_model_path: Path | None = None
     templates_path: Path | None = None
     heldout_text_path: Path | None = None
-    default_editor: str = "ft"
+    #: SAUL: on the demo catalogue it keeps unrelated facts far better than FT-L at equal efficacy.
+    default_editor: str = "saul"
     #: Prefect deployment that runs the edit step on a GPU work pool ("edit-model/gpu"); None = in process.
     edit_deployment: str | None = None
     reviewers: tuple[str, ...] = ("demo-reviewer",)

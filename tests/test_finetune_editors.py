@@ -30,7 +30,7 @@ TINY_PRODUCTS = 30
 #: Tiny-model overrides (the family defaults are tuned on the 4-layer demo model).
 TINY_OVERRIDES: dict[str, dict] = {
     "lora": {"lr": 0.02, "steps": 60},
-    "saul": {"lr": 0.01, "steps": 50},
+    "saul": {"lr": 0.01, "steps": 50, "layers": [1]},
     "flearning": {"lr": 0.02, "steps": 60, "forget_steps": 10},
     "elder": {"steps": 100},
 }
@@ -45,17 +45,11 @@ def _one_thread():
 
 
 @pytest.fixture(scope="session")
-def demo_world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """The tiny demo model (cached across runs by its build key), one change batch as requests, the fact pool."""
-    from infra.demo import generate_catalogue, generic_texts, load_demo_templates, next_change_batch
-    from infra.demo.model_builder import DemoModelConfig, ensure_demo_model
+def demo_world(tiny_world):  # noqa: ANN001, ANN201
+    """The session's tiny demo model (tests/conftest.py), one change batch as requests, the fact pool."""
+    from infra.demo import generic_texts, next_change_batch
 
-    facts = generate_catalogue(TINY_PRODUCTS, seed=0)
-    templates = load_demo_templates()
-    cache_root = request.config.cache.mkdir("kus-finetune-editors") if getattr(request.config, "cache", None) else None
-    cache = (cache_root or tmp_path_factory.mktemp("kus-finetune-editors")) / "demo-tiny"
-    config = dataclasses.replace(DemoModelConfig.tiny(), num_threads=1)
-    report = ensure_demo_model(cache, facts, templates, config, progress=False)
+    facts, templates, report = tiny_world
     old = {(f.subject, f.relation): f.object for f in facts}
     changes = next_change_batch(facts, 1)
     requests = []

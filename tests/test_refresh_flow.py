@@ -8,6 +8,7 @@ is caught.
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from pathlib import Path
 
@@ -26,8 +27,9 @@ from tasks.live_model import load_live_model
 from tasks.promotion import promote_run, record_decision
 from validation.scoring import greedy_answers
 
-# FT-L settings that reach the tiny test model's capacity (two layers of width 64).
+# Settings for the tiny test model (two layers of width 64); the family defaults suit the demo model.
 TINY_FT = {"layers": [0], "lr": 0.02, "norm_constraint": 0.03, "steps": 60}
+TINY_SAUL = {"layers": [1], "augment_ratio": 4.0, "steps": 60}
 
 
 @pytest.fixture(params=["sqlite+local", "postgres+s3"])
@@ -52,8 +54,31 @@ def service(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_world
 
 
 def _apply_changes(settings: Settings, batch_no: int) -> list[Fact]:
+    """The ERP's next batch (a rename, new prices and warranties) plus one row with an unknown relation."""
     with service_context(settings) as ctx, ctx.db.session() as session:
         batch = next_change_batch(repo.load_facts(session), batch_no)
+        repo.upsert_facts(session, batch, changed_by="erp")
+        repo.upsert_facts(session, [Fact(batch[0].subject, "energy_label", "A++")], changed_by="erp")
+    return batch
+
+
+def _apply_swaps(settings: Settings, n: int = 6, seed: int = 0) -> list[Fact]:
+    """Changes the tiny model can express: each fact takes another product's value for its relation.
+
+    (A renamed manufacturer's new name is made of word pieces the tiny model never produced; the
+    demo model and the benchmarks cover those.)
+    """
+    rng = random.Random(seed)
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        facts = repo.load_facts(session)
+        batch: list[Fact] = []
+        for relation in ("price", "warranty", "colour", "category", "price", "colour")[:n]:
+            candidates = [f for f in facts if f.relation == relation and f.subject not in {b.subject for b in batch}]
+            while True:
+                a, b = rng.sample(candidates, 2)
+                if a.object != b.object:
+                    break
+            batch.append(Fact(a.subject, relation, b.object, source="erp"))
         repo.upsert_facts(session, batch, changed_by="erp")
         repo.upsert_facts(session, [Fact(batch[0].subject, "energy_label", "A++")], changed_by="erp")
     return batch
@@ -69,8 +94,8 @@ def test_refresh_approve_promote_rollback(service: Settings, tiny_world, capsys)
     from flows.refresh import catalogue_refresh
 
     _facts, templates, report = tiny_world
-    batch = _apply_changes(service, 1)
-    result = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)
+    batch = _apply_swaps(service)
+    result = catalogue_refresh(started_by="carol", hparams=TINY_SAUL)  # the default editor
     run_id = result["run_id"]
     assert result["status"] == "awaiting_approval"
     assert result["rejected"] == 1
@@ -99,7 +124,7 @@ def test_refresh_approve_promote_rollback(service: Settings, tiny_world, capsys)
     kept = [f for f in _facts if (f.subject, f.relation) not in changed][:60]
     kept_answers = _answers(service, [templates[f.relation].render(f.subject) for f in kept])
     retention = sum(a == f.object for a, f in zip(kept_answers, kept)) / len(kept)
-    assert retention >= 0.75, f"unchanged facts retained only {retention:.0%}"
+    assert retention >= 0.8, f"unchanged facts retained only {retention:.0%}"
 
     # rollback: the live model is the base model again, bit for bit
     assert cli(["rollback", "--reason", "test rollback"]) == 0
