@@ -6,7 +6,6 @@ import logging
 import time
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 from editing.architecture import layout_of
