@@ -50,7 +50,9 @@ class ROMEEditor:
             ctx_rows = encode_prompts(tokenizer, [r.prompt for r in requests], [r.subject for r in requests], hparams.fact_token, prefixes)
             keys = keys_at(model, layout, [layer], ctx_rows, hparams.batch_size)[layer]  # [n, d0]
             # δ on the block output at the fact token = a shift of this layer's MLP output there
+            t0 = time.perf_counter()
             targets = optimise_targets(model, tokenizer, requests, layout.block_module(layer), target_settings(hparams), prefixes)
+            t_targets = time.perf_counter() - t0
         finally:
             model.train(was_training)
         mom2 = moments[layer].mom2.to(keys.device) if layer in moments else None
@@ -64,6 +66,7 @@ class ROMEEditor:
             "target_steps": targets.steps,
             "target_nll_first": float(targets.nll_first.mean()),
             "target_nll_last": float(targets.nll_last.mean()),
+            "target_seconds": round(t_targets, 3),
             "update_norm": float((u @ v).norm()),
             "statistics": describe(moments),
             "seconds": round(time.perf_counter() - started, 3),
