@@ -45,6 +45,19 @@ def fact_pool(ctx: ServiceContext, targets: list[EditRequest], exclude_prompts: 
     return tuple(pool[:MAX_POOL])
 
 
+def statistics_corpus(ctx: ServiceContext, limit: int = 1000) -> tuple[str, ...]:
+    """Text for the edited layers' key statistics: the catalogue's prompts, sorted, without answers.
+
+    Stable from run to run (prices change, prompts do not), so statistics cached under its hash are
+    computed once per base model; never the held-out text, which must stay unseen by the editors.
+    """
+    templates = templates_for(ctx.settings)
+    with ctx.db.session() as session:
+        facts = repo.load_facts(session)
+    prompts = sorted({templates[f.relation].render(f.subject) for f in facts if f.relation in templates})
+    return tuple(prompts[:limit])
+
+
 def compute_delta(ctx: ServiceContext, run_id: int, editor_name: str, hparams_overrides: dict[str, Any] | None = None) -> str:
     """Returns the stored delta's id; the model on disk and the promoted head are untouched."""
     with ctx.db.session() as session:
@@ -57,8 +70,7 @@ def compute_delta(ctx: ServiceContext, run_id: int, editor_name: str, hparams_ov
     pool = fact_pool(ctx, targets, excluded)
     context = EditContext(
         state=live.carried_state(), cache=ctx.store, fact_pool=pool,
-        # never the held-out text: it measures perplexity drift and must stay unseen by the editor
-        corpus=tuple(f"{p} {a}" for p, a in pool[:1000]),
+        corpus=statistics_corpus(ctx),
         model_fingerprint=live.base_fingerprint, show_progress=True,
     )
     before = weights_fingerprint(model)
