@@ -46,7 +46,7 @@ def fact_pool(ctx: ServiceContext, targets: list[EditRequest], exclude_prompts: 
 
 
 def statistics_corpus(ctx: ServiceContext, limit: int = 1000) -> tuple[str, ...]:
-    """Text for the edited layers' key statistics: the catalogue's prompts, sorted, without answers.
+    """Text for the edited layers' key statistics: the catalogue's prompts, by subject, without answers.
 
     Stable from run to run (prices change, prompts do not), so statistics cached under its hash are
     computed once per base model; never the held-out text, which must stay unseen by the editors.
@@ -54,8 +54,8 @@ def statistics_corpus(ctx: ServiceContext, limit: int = 1000) -> tuple[str, ...]
     templates = templates_for(ctx.settings)
     with ctx.db.session() as session:
         facts = repo.load_facts(session)
-    prompts = sorted({templates[f.relation].render(f.subject) for f in facts if f.relation in templates})
-    return tuple(prompts[:limit])
+    ordered = sorted((f.subject, f.relation) for f in facts if f.relation in templates)
+    return tuple(templates[relation].render(subject) for subject, relation in ordered[:limit])
 
 
 def compute_delta(ctx: ServiceContext, run_id: int, editor_name: str, hparams_overrides: dict[str, Any] | None = None) -> str:
