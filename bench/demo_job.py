@@ -21,7 +21,7 @@ RESULTS = Path(__file__).parent / "results" / "demo_job.md"
 
 
 def run_once(home: Path, size: str) -> tuple[float, str]:
-    env = dict(os.environ, KUS_HOME=str(home))
+    env = dict(os.environ, KUS_HOME=str(home), COLUMNS="200")
     kus = Path(sys.executable).with_name("kus")
     started = time.perf_counter()
     proc = subprocess.run([str(kus), "demo", "--size", size], env=env, capture_output=True, text=True)
