@@ -29,7 +29,7 @@ from validation.scoring import greedy_answers
 
 # Settings for the tiny test model (two layers of width 64); the family defaults suit the demo model.
 TINY_FT = {"layers": [0], "lr": 0.02, "norm_constraint": 0.03, "steps": 60}
-TINY_SAUL = {"layers": [1], "augment_ratio": 4.0, "steps": 60}
+TINY_SAUL = {"layers": [1], "augment_ratio": 4.0, "steps": 60, "lr": 0.005}
 
 
 @pytest.fixture(params=["sqlite+local", "postgres+s3"])
