@@ -36,6 +36,7 @@ from infra.db.models import (
     FactChangeRow,
     FactRow,
     ModelHeadRow,
+    RUN_STATUS_VALUES,
     RefreshRunRow,
     utc,
     utcnow,
@@ -43,16 +44,7 @@ from infra.db.models import (
 from infra.domain import Fact, FactChange
 from infra.errors import InvalidInput, InvalidState, NotFound, PermissionDenied
 
-RUN_STATUSES = (
-    "ingested",
-    "edited",
-    "validated",
-    "awaiting_approval",
-    "promoted",
-    "rejected",
-    "rolled_back",
-    "failed",
-)
+RUN_STATUSES = RUN_STATUS_VALUES  # one list, defined with the table it constrains
 FINAL_STATUSES = ("promoted", "rejected", "rolled_back", "failed")
 DECISIONS = ("approved", "rejected")
 
