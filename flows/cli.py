@@ -4,7 +4,7 @@ The CLI is the approval path of record: it knows who the reviewer is (KUS_USER o
 checked against the configured reviewers), which Prefect's open-source UI cannot.
 
     kus demo                         # the whole process on embedded defaults
-    kus refresh --editor ft          # one catalogue refresh, ends awaiting approval
+    kus refresh --editor saul        # one catalogue refresh, ends awaiting approval
     kus runs / kus show RUN          # what happened, with rejected rows and the validation table
     kus approve RUN --reason "..."   # approval of record; promotes the delta
     kus reject RUN --reason "..."
