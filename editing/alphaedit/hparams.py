@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from editing.locate.settings import check_common, normalise_templates
+from editing.locate.settings import check_common, normalise_multilayer
 from infra.errors import InvalidInput
 
 
@@ -37,10 +37,7 @@ class AlphaEditHParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
-        object.__setattr__(self, "context_templates", normalise_templates(self.context_templates, "alphaedit"))
-        if not self.layers:
-            raise InvalidInput("alphaedit: layers must name at least one layer")
+        normalise_multilayer(self, "alphaedit")
         check_common(self, "alphaedit")
         if not self.nullspace_threshold > 0:
             raise InvalidInput(f"alphaedit: nullspace_threshold must be > 0, got {self.nullspace_threshold}")

@@ -21,6 +21,14 @@ def normalise_templates(value: Any, owner: str) -> tuple[tuple[int, int], ...]:
     return out
 
 
+def normalise_multilayer(hp: Any, owner: str) -> None:
+    """For editors that spread over several layers (MEMIT, AlphaEdit): coerce JSON lists, refuse no layers."""
+    object.__setattr__(hp, "layers", tuple(int(layer) for layer in hp.layers))
+    object.__setattr__(hp, "context_templates", normalise_templates(hp.context_templates, owner))
+    if not hp.layers:
+        raise InvalidInput(f"{owner}: layers must name at least one layer")
+
+
 def check_common(hp: Any, owner: str) -> None:
     """Checks the target-vector and statistics fields every locate-and-edit dataclass has."""
     check_fact_token(hp.fact_token, owner)

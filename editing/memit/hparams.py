@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from editing.locate.settings import check_common, normalise_templates
+from editing.locate.settings import check_common, normalise_multilayer
 from infra.errors import InvalidInput
 
 
@@ -34,10 +34,7 @@ class MEMITHParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
-        object.__setattr__(self, "context_templates", normalise_templates(self.context_templates, "memit"))
-        if not self.layers:
-            raise InvalidInput("memit: layers must name at least one layer")
+        normalise_multilayer(self, "memit")
         check_common(self, "memit")
         if not self.mom2_update_weight > 0:
             raise InvalidInput(f"memit: mom2_update_weight must be > 0, got {self.mom2_update_weight}")
