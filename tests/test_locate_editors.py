@@ -308,8 +308,29 @@ def test_demo_model_edit_batch_reaches_90_percent_efficacy(editor: str, demo_mod
     try:
         new = answer_nll(model, tokenizer, [r.prompt for r in requests], [r.target_new for r in requests])
         old = answer_nll(model, tokenizer, [r.prompt for r in requests], [r.target_true for r in requests])
-        efficacy = float((new < old).float().mean())
+        succeeded = int((new < old).sum())
     finally:
         applied.revert()
     assert weights_fingerprint(model) == before
-    assert efficacy >= 0.9, f"{editor}: efficacy {efficacy:.2f} on the demo model"
+    assert succeeded * 10 >= 9 * len(requests), f"{editor}: efficacy {succeeded}/{len(requests)} on the demo model"
+
+
+def test_batched_target_vectors_match_the_one_request_at_a_time_loop(demo_model):
+    """Each request's δ sees only its own rows, so optimising the batch at once (requests leaving the
+    batch as they reach the stopping NLL) must give what the reference loop gives, request by request."""
+    from editing.locate.settings import target_settings
+    from editing.locate.target_vectors import optimise_targets
+
+    model, tokenizer, facts, templates = demo_model
+    requests = _demo_requests(facts, templates, 6, seed=3)
+    hp = resolve_hparams("memit", "gpt2", {"layers": [0]})
+    block = layout_of(model).block_module(0)
+    batched = optimise_targets(model, tokenizer, requests, block, target_settings(hp))
+    one_by_one = optimise_targets(model, tokenizer, requests, block, target_settings(dataclasses.replace(hp, v_group_size=1)))
+    assert batched.steps > 1
+    assert len(set(one_by_one.nll_last.tolist())) > 1
+    torch.testing.assert_close(batched.delta, one_by_one.delta, atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(batched.nll_last, one_by_one.nll_last, atol=1e-4, rtol=1e-3)
+    # requests that stopped early cost fewer row passes than running every row for every step
+    assert batched.row_passes == one_by_one.row_passes
+    assert batched.row_passes < batched.steps * len(requests)

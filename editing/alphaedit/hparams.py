@@ -28,6 +28,7 @@ class AlphaEditHParams:
     clamp_norm_factor: float = 4.0
     kl_factor: float = 0.0625
     v_early_stop_nll: float = 0.05
+    v_group_size: int = 0
     nullspace_threshold: float = 2e-2
     nullspace_relative: bool = False
     l2: float = 10.0

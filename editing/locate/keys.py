@@ -48,7 +48,8 @@ class EncodedRows:
     def __len__(self) -> int:
         return int(self.input_ids.size(0))
 
-    def chunk(self, index: slice) -> "EncodedRows":
+    def chunk(self, index: slice | torch.Tensor) -> "EncodedRows":
+        """Rows at `index` (a slice or a tensor of row indices); request indices keep their meaning."""
         return EncodedRows(
             self.input_ids[index], self.attention_mask[index], self.fact_pos[index], self.request[index],
             self.answer_start[index], self.answer_len[index], self.n_requests,

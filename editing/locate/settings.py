@@ -44,6 +44,8 @@ def check_common(hp: Any, owner: str) -> None:
         raise InvalidInput(f"{owner}: mom2_n_samples must be >= 1, got {hp.mom2_n_samples}")
     if hp.lowrank not in LOWRANK:
         raise InvalidInput(f"{owner}: lowrank must be one of {LOWRANK}, got {hp.lowrank!r}")
+    if hp.v_group_size < 0:
+        raise InvalidInput(f"{owner}: v_group_size must be >= 0 (0 = all requests at once), got {hp.v_group_size}")
     if hp.batch_size < 1:
         raise InvalidInput(f"{owner}: batch_size must be >= 1, got {hp.batch_size}")
 
@@ -52,5 +54,5 @@ def target_settings(hp: Any) -> TargetSettings:
     return TargetSettings(
         steps=hp.v_steps, lr=hp.v_lr, weight_decay=hp.v_weight_decay, clamp_norm_factor=hp.clamp_norm_factor,
         kl_factor=hp.kl_factor, early_stop_nll=hp.v_early_stop_nll, fact_token=hp.fact_token,
-        batch_size=hp.batch_size, seed=hp.seed,
+        batch_size=hp.batch_size, seed=hp.seed, group_size=hp.v_group_size,
     )

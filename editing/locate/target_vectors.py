@@ -10,7 +10,8 @@ over requests of
 where KL_i keeps the next-token distribution at the fact token of `"{subject} is a"` close to the
 unedited model's (the subject's identity) and h_i is the block output at the fact token of the plain
 prompt. After each Adam step every δ_i is projected into the ball of radius
-`clamp_norm_factor * ||h_i||`. The loop stops when every request's NLL is below `early_stop_nll`::
+`clamp_norm_factor * ||h_i||`. A request whose NLL is below `early_stop_nll` stops (its rows leave
+the batch, so easy facts cost few passes); the loop ends when every request has stopped::
 
     result = optimise_targets(model, tok, requests, layer_module="transformer.h.3", settings=...)
     z = result.h_init + result.delta          # [n, d_model] target block outputs
@@ -45,6 +46,7 @@ class TargetSettings:
     kl_prompt: str = "{subject} is a"
     batch_size: int = 256
     seed: int = 0
+    group_size: int = 0  # requests optimised jointly; 0 = the whole batch
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class TargetResult:
     nll_first: torch.Tensor  # [n]
     nll_last: torch.Tensor  # [n]
     steps: int
+    row_passes: int = 0  # forward+backward row evaluations spent (the optimisation's cost)
 
 
 def _answer_nll(logits: torch.Tensor, rows: EncodedRows) -> torch.Tensor:
@@ -79,7 +82,35 @@ def optimise_targets(
     settings: TargetSettings,
     prefixes: Sequence[str] = ("",),
 ) -> TargetResult:
-    """Optimise δ for every request at once (see the module docstring); the model is not modified."""
+    """Optimise δ for every request (see the module docstring); the model is not modified.
+
+    With `settings.group_size` > 0 the requests are optimised in consecutive groups of that size
+    (1 reproduces the reference one-request-at-a-time loop; a bound on device memory otherwise).
+    """
+    group = settings.group_size
+    if group <= 0 or group >= len(requests):
+        return _optimise_group(model, tokenizer, requests, layer_module, settings, prefixes)
+    parts = [
+        _optimise_group(model, tokenizer, requests[s : s + group], layer_module, settings, prefixes)
+        for s in range(0, len(requests), group)
+    ]
+    return TargetResult(
+        torch.cat([p.delta for p in parts]), torch.cat([p.h_init for p in parts]),
+        torch.cat([p.nll_first for p in parts]), torch.cat([p.nll_last for p in parts]),
+        max(p.steps for p in parts), sum(p.row_passes for p in parts),
+    )
+
+
+def _optimise_group(
+    model: nn.Module,
+    tokenizer: Any,
+    requests: Sequence[EditRequest],
+    layer_module: str,
+    settings: TargetSettings,
+    prefixes: Sequence[str],
+) -> TargetResult:
+    """One joint optimisation. A request whose NLL falls below `early_stop_nll` is frozen and its
+    rows leave the batch, as it would stop in the one-at-a-time loop; the rest go on."""
     device = next(model.parameters()).device
     n = len(requests)
     rows = encode_prompts(
@@ -103,46 +134,55 @@ def optimise_targets(
     max_norm = settings.clamp_norm_factor * h_init.norm(dim=1)  # [n]
     norm2 = h_init.norm(dim=1).pow(2).clamp(min=1e-12)  # [n]
     counts = torch.bincount(rows.request, minlength=n).clamp(min=1).float()  # rows per request
-    chunks = [slice(s, s + settings.batch_size) for s in range(0, len(rows), settings.batch_size)]
-    nll_first = nll_last = torch.zeros(n)
-    steps = 0
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    nll_first = torch.zeros(n)
+    nll_last = torch.full((n,), float("nan"))
+    steps = row_passes = 0
     frozen = {name: p.requires_grad for name, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     try:
         for step in range(settings.steps):
+            live = rows.chunk(torch.nonzero(active[rows.request]).squeeze(1))
             optimizer.zero_grad(set_to_none=True)
             nll_req = torch.zeros(n, device=device)
-            for index in chunks:
-                part = rows.chunk(index)
+            for start in range(0, len(live), settings.batch_size):
+                part = live.chunk(slice(start, start + settings.batch_size))
                 with add_at_positions(model, layer_module, torch.arange(len(part), device=device), part.fact_pos, delta[part.request]):
                     logits = model(input_ids=part.input_ids, attention_mask=part.attention_mask).logits
                 row_nll = _answer_nll(logits, part)  # [r]
                 contrib = torch.zeros(n, device=device).index_add(0, part.request, row_nll) / counts
                 contrib.sum().backward()
                 nll_req = nll_req + contrib.detach()
+            row_passes += len(live)
+            measured = nll_req.cpu()
             if step == 0:
-                nll_first = nll_req.cpu()
-            nll_last = nll_req.cpu()
+                nll_first = measured.clone()
+            nll_last = torch.where(active.cpu(), measured, nll_last)
             steps = step + 1
-            if bool((nll_req < settings.early_stop_nll).all()):
+            active &= (nll_req >= settings.early_stop_nll)
+            if not bool(active.any()):
                 break
-            extra = settings.weight_decay * (delta.norm(dim=1) / norm2)  # [n]
+            idx = torch.nonzero(active).squeeze(1)
+            extra = settings.weight_decay * (delta[idx].norm(dim=1) / norm2[idx])  # [a]
             if kl_rows is not None and kl_ref is not None:
-                kl_now = _kl_log_probs(model, kl_rows, settings.batch_size, layer_module, delta)
-                kl = F.kl_div(kl_now, kl_ref, log_target=True, reduction="none").sum(-1)  # [n]
+                kl_now = _kl_log_probs(model, kl_rows.chunk(idx), settings.batch_size, layer_module, delta)
+                kl = F.kl_div(kl_now, kl_ref[idx], log_target=True, reduction="none").sum(-1)  # [a]
                 extra = extra + settings.kl_factor * kl
             extra.sum().backward()
+            kept = delta.detach()[~active].clone()
             optimizer.step()
             with torch.no_grad():
+                delta[~active] = kept  # Adam's momentum must not move a finished request
                 norms = delta.norm(dim=1).clamp(min=1e-12)
                 scale = torch.clamp(max_norm / norms, max=1.0)
                 delta.mul_(scale[:, None])
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(frozen[name])
-    log.info("targets: %d requests, %d steps, mean nll %.3f -> %.3f", n, steps, float(nll_first.mean()), float(nll_last.mean()))
-    return TargetResult(delta.detach().float(), h_init.float(), nll_first, nll_last, steps)
+    log.info("targets: %d requests, %d steps, %d row passes, mean nll %.3f -> %.3f",
+             n, steps, row_passes, float(nll_first.mean()), float(nll_last.mean()))
+    return TargetResult(delta.detach().float(), h_init.float(), nll_first, nll_last, steps, row_passes)
 
 
 def _kl_log_probs(

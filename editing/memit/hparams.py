@@ -12,7 +12,8 @@ from infra.errors import InvalidInput
 class MEMITHParams:
     """MEMIT (Meng et al., ICLR 2023): many facts at once, residual spread over `layers`.
 
-    Target vectors: `v_*` fields, `clamp_norm_factor`, `kl_factor` (see `editing.locate.target_vectors`).
+    Target vectors: `v_*` fields, `clamp_norm_factor`, `kl_factor` (see `editing.locate.target_vectors`);
+    `v_group_size` > 0 optimises them that many requests at a time (1 = the reference loop, 0 = all).
     Statistics: `mom2_n_samples` corpus texts; `mom2_update_weight` is λ in λ C0 + K K^T (C0 is a mean
     over tokens, so λ is in units of "edited keys" and balances preservation against the edit).
     `lowrank`: store ΔW as factors when smaller ("auto"), always, or never.
@@ -27,6 +28,7 @@ class MEMITHParams:
     clamp_norm_factor: float = 4.0
     kl_factor: float = 0.0625
     v_early_stop_nll: float = 0.05
+    v_group_size: int = 0
     mom2_update_weight: float = 15000.0
     mom2_n_samples: int = 1000
     lowrank: str = "auto"

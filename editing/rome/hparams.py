@@ -26,6 +26,7 @@ class ROMEHParams:
     clamp_norm_factor: float = 4.0
     kl_factor: float = 0.0625
     v_early_stop_nll: float = 0.05
+    v_group_size: int = 0
     mom2_adjustment: bool = True
     mom2_n_samples: int = 1000
     mom2_ridge: float = 1e-3
