@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from editing.alphaedit.core import alphaedit_factors, null_space_projector
+from editing.alphaedit.core import alphaedit_factors, gram_factor, grow_key_factor, null_space_projector
 from editing.architecture import LAYOUTS
 from editing.locate.weights import packed, update_of
 from editing.memit.core import memit_factors
@@ -129,3 +129,22 @@ def test_packed_updates_follow_the_parameter_layout(family: str):
     torch.testing.assert_close(update_of(tensors, name), expected)
     dense = packed(layout, 0, torch.randn(8, 8, generator=g), torch.randn(8, 32, generator=g))
     assert set(dense) == {f"{name}::dense"}
+
+
+def test_carried_key_factor_reproduces_the_sum_of_key_outer_products():
+    """AlphaEdit's carried state: the keys themselves while fewer than d0, a square-root factor after,
+    always with F F^T equal to the sum of K K^T of every batch so far."""
+    g = torch.Generator().manual_seed(5)
+    d0 = 16
+    batches = [torch.randn(d0, 6, generator=g, dtype=torch.float64) for _ in range(5)]
+    factor, total = None, torch.zeros(d0, d0, dtype=torch.float64)
+    widths = []
+    for keys in batches:
+        factor = grow_key_factor(factor, keys)
+        total = total + keys @ keys.T
+        widths.append(factor.size(1))
+        torch.testing.assert_close(factor @ factor.T, total, atol=1e-9, rtol=1e-9)
+    assert widths[:2] == [6, 12]  # stored as the keys while they fit
+    assert max(widths[2:]) <= d0  # folded once they outnumber the dimensions
+    # a dense legacy state converts to a factor of the same product
+    torch.testing.assert_close(gram_factor(total) @ gram_factor(total).T, total, atol=1e-9, rtol=1e-9)

@@ -1,8 +1,10 @@
 """AlphaEdit editor: MEMIT's layer loop with the null-space-projected solve and carried edited keys.
 
-Carried state (one entry per edited layer, `alphaedit.kkt.<layer>`, [d0, d0] float32): the sum of
-K K^T over the keys of every earlier edit, read on the edited model. It comes in through
-`EditContext.state` and goes out, grown by this batch's keys, in `EditResult.state`.
+Carried state (one entry per edited layer, `alphaedit.keys.<layer>`, [d0, r] float32): a factor F
+with F F^T = the sum of K K^T over the keys of every earlier edit, read on the edited model (the
+keys themselves while r < d0; see `grow_key_factor`). It comes in through `EditContext.state` and
+goes out, grown by this batch's keys, in `EditResult.state`. Deltas written before the factor form
+carry the dense sum as `alphaedit.kkt.<layer>` [d0, d0]; it is read and converted.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from editing.alphaedit.core import alphaedit_factors, null_space_projector
+from editing.alphaedit.core import alphaedit_factors, gram_factor, grow_key_factor, null_space_projector
 from editing.alphaedit.hparams import AlphaEditHParams
 from editing.architecture import layout_of
 from editing.locate.spread import check_layers, keys_at, spread_update
@@ -26,7 +28,23 @@ from infra.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "alphaedit.kkt.{layer}"
+STATE_KEY = "alphaedit.keys.{layer}"
+DENSE_STATE_KEY = "alphaedit.kkt.{layer}"
+
+
+def carried_factor(state: dict[str, torch.Tensor], layer: int, d0: int) -> torch.Tensor | None:
+    """The carried key factor of `layer` in float64 [d0, r] (None before the first edit)."""
+    factor = state.get(STATE_KEY.format(layer=layer))
+    if factor is not None:
+        if factor.dim() != 2 or factor.size(0) != d0:
+            raise InvalidInput(f"alphaedit: carried keys of layer {layer} have shape {tuple(factor.shape)}, expected ({d0}, r)")
+        return factor.double().cpu()
+    dense = state.get(DENSE_STATE_KEY.format(layer=layer))
+    if dense is not None:
+        if tuple(dense.shape) != (d0, d0):
+            raise InvalidInput(f"alphaedit: carried keys of layer {layer} have shape {tuple(dense.shape)}, expected {(d0, d0)}")
+        return gram_factor(dense.double().cpu())
+    return None
 
 
 class AlphaEditEditor:
@@ -58,12 +76,10 @@ class AlphaEditEditor:
                     f"{hparams.nullspace_threshold}; raise nullspace_threshold"
                 )
         d0 = moments[layers[0]].mom2.size(0)
-        carried: dict[int, torch.Tensor] = {}
-        for layer in layers:
-            prior = context.state.get(STATE_KEY.format(layer=layer))
-            if prior is not None and tuple(prior.shape) != (d0, d0):
-                raise InvalidInput(f"alphaedit: carried keys of layer {layer} have shape {tuple(prior.shape)}, expected {(d0, d0)}")
-            carried[layer] = prior.double() if prior is not None else torch.zeros(d0, d0, dtype=torch.float64)
+        factors = {layer: carried_factor(context.state, layer, d0) for layer in layers}
+        carried = {
+            layer: f @ f.T if f is not None else torch.zeros(d0, d0, dtype=torch.float64) for layer, f in factors.items()
+        }
         t_stats = time.perf_counter() - started
 
         def solve(layer: int, keys: torch.Tensor, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,8 +92,7 @@ class AlphaEditEditor:
             # keys of this batch, read on the model with the batch's updates in place
             keys = keys_at(edited, layout_of(edited), edited_layers, ctx_rows, hparams.batch_size)
             for layer, k in keys.items():
-                k64 = k.double().cpu()  # [n, d0]
-                new_state[STATE_KEY.format(layer=layer)] = (carried[layer].cpu() + k64.T @ k64).float()
+                new_state[STATE_KEY.format(layer=layer)] = grow_key_factor(factors[layer], k.double().cpu().T).float().contiguous()
 
         was_training = model.training
         model.eval()

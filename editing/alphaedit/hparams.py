@@ -15,7 +15,7 @@ class AlphaEditHParams:
     `nullspace_threshold`: eigenvalues of the key second moment below it span the null space (with
     `nullspace_relative`, below threshold x the largest eigenvalue; the paper uses 2e-2 absolute).
     `l2`: the α I regulariser of the update. Keys of every edit are accumulated across refreshes
-    (`state::alphaedit.kkt.<layer>`), so later batches do not overwrite earlier ones.
+    (`state::alphaedit.keys.<layer>`, a factor of their K K^T), so later batches do not overwrite earlier ones.
     The other fields are MEMIT's (see `MEMITHParams`).
     """
 
