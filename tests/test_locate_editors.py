@@ -175,8 +175,15 @@ def test_statistics_are_computed_once_and_reused_from_the_cache(tokenizer):
     for name in first.tensors:
         assert torch.equal(first.tensors[name], second.tensors[name])
     # AlphaEdit on the same layers reuses the very same statistics
-    ae = get_editor("alphaedit").compute(model, tokenizer, REQUESTS, resolve_hparams("alphaedit", "gpt2", overrides("alphaedit")), context)
-    assert all(s["cached"] for s in ae.stats["statistics"].values()) and len(cache.blobs) == 2
+    ae_hp = resolve_hparams("alphaedit", "gpt2", overrides("alphaedit"))
+    ae = get_editor("alphaedit").compute(model, tokenizer, REQUESTS, ae_hp, context)
+    assert all(s["cached"] for s in ae.stats["statistics"].values())
+    # ...and stores its null-space projectors beside them, to be read, not recomputed, next time
+    assert len(cache.blobs) == 4 and not any(ae.stats["projector_cached"].values())
+    ae_again = get_editor("alphaedit").compute(model, tokenizer, REQUESTS, ae_hp, context)
+    assert all(ae_again.stats["projector_cached"].values()) and len(cache.blobs) == 4
+    for name in ae.tensors:
+        assert torch.equal(ae.tensors[name], ae_again.tensors[name])
 
 
 @pytest.mark.parametrize("editor", ["alphaedit", "prune"])

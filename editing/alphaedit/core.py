@@ -17,14 +17,19 @@ from __future__ import annotations
 import torch
 
 
-def null_space_projector(mom2: torch.Tensor, threshold: float, relative: bool = False) -> tuple[torch.Tensor, int]:
-    """(P [d0, d0] float64, null-space dimension).
+def null_space_basis(mom2: torch.Tensor, threshold: float, relative: bool = False) -> torch.Tensor:
+    """Orthonormal basis Û [d0, k] (float64) of the eigenvectors of C0 with eigenvalue below the threshold.
 
     threshold: eigenvalues below it count as null; with `relative`, below `threshold * largest eigenvalue`.
     """
     evals, evecs = torch.linalg.eigh(mom2.double())  # ascending
     cut = threshold * float(evals.max()) if relative else threshold
-    basis = evecs[:, evals < cut]  # [d0, k]
+    return evecs[:, evals < cut]
+
+
+def null_space_projector(mom2: torch.Tensor, threshold: float, relative: bool = False) -> tuple[torch.Tensor, int]:
+    """(P = Û Û^T [d0, d0] float64, null-space dimension k); see `null_space_basis`."""
+    basis = null_space_basis(mom2, threshold, relative)
     return basis @ basis.T, int(basis.size(1))
 
 

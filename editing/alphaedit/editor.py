@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from editing.alphaedit.core import alphaedit_factors, gram_factor, grow_key_factor, null_space_projector
+from editing.alphaedit.core import alphaedit_factors, gram_factor, grow_key_factor
+from editing.alphaedit.projector import cached_projector
 from editing.alphaedit.hparams import AlphaEditHParams
 from editing.architecture import layout_of
 from editing.locate.spread import check_layers, keys_at, spread_update
@@ -66,9 +67,10 @@ class AlphaEditEditor:
         moments = moments_for(model, tokenizer, layers, hparams.mom2_n_samples, context)
         projectors: dict[int, torch.Tensor] = {}
         null_dims: dict[str, int] = {}
+        projector_cached: dict[str, bool] = {}
         for layer in layers:
-            projectors[layer], null_dims[str(layer)] = null_space_projector(
-                moments[layer].mom2, hparams.nullspace_threshold, hparams.nullspace_relative
+            projectors[layer], null_dims[str(layer)], projector_cached[str(layer)] = cached_projector(
+                moments[layer], hparams.nullspace_threshold, hparams.nullspace_relative, context.cache
             )
             if null_dims[str(layer)] == 0:
                 raise InvalidInput(
@@ -104,6 +106,7 @@ class AlphaEditEditor:
         stats = out.stats | {
             "statistics": describe(moments),
             "null_space_dim": null_dims,
+            "projector_cached": projector_cached,
             "stats_seconds": round(t_stats, 3),
             "seconds": round(time.perf_counter() - started, 3),
             "stored_bytes": stored_bytes(out.tensors),
