@@ -47,7 +47,8 @@ def min_hamming(codes: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
 
 
 def guided_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """−Σ_{e ∈ target} log p_e, averaged over positions: probs [N, E], target [N, E] bool -> scalar."""
+    """−Σ_e t_e log p_e, averaged over positions: probs [N, E], target [N, E] (bool: the target experts;
+    float: a target distribution, minimised at p = t) -> scalar."""
     if probs.numel() == 0:
         return probs.sum()
     return -(torch.log(probs.clamp_min(1e-9)) * target.float()).sum(-1).mean()
@@ -73,3 +74,14 @@ def unique_codes(codes: torch.Tensor) -> torch.Tensor:
     if codes.numel() == 0:
         return codes.reshape(0, codes.shape[-1] if codes.dim() == 2 else 0).bool()
     return torch.unique(codes.to(torch.uint8), dim=0).bool()
+
+
+def route_codes(queries: torch.Tensor, routers: list[tuple[torch.Tensor, torch.Tensor]], k: int) -> torch.Tensor:
+    """Binary codes of queries under the given routers: queries [K, d], routers [(weight [E, d], bias [E])] * L -> [K, L*E] bool.
+
+    The same code a token with this query gets at serve time (k-hot top-k of every router, concatenated).
+    """
+    if not routers:
+        raise ValueError("route_codes: no routers")
+    khots = [top_k_gates(router_probs(queries, w, b), k)[1] for w, b in routers]
+    return torch.cat(khots, dim=-1)

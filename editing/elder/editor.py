@@ -19,9 +19,9 @@ from torch import nn
 from editing.adapters.targets import target_modules
 from editing.adapters.training import adam_steps
 from editing.architecture import layout_of
-from editing.elder.core import guided_loss, min_hamming, preferred_experts, unique_codes
+from editing.elder.core import guided_loss, min_hamming, preferred_experts, route_codes, router_probs, unique_codes
 from editing.elder.hparams import ELDERHParams
-from editing.elder.modules import CONFIG, export_state, install, read_config
+from editing.elder.modules import CONFIG, KEY_QUERIES, export_state, install, read_config
 from editing.protocol import EditContext, EditResult
 from editing.trainable import only_these_trainable
 from infra.domain import EditRequest
@@ -81,6 +81,9 @@ class ELDEREditor:
             changed = [k for k in STRUCTURE if carried.get(k) != config[k]]
             if changed:
                 raise InvalidInput(f"elder: the carried experts were built with other {changed}; start a new chain to change them")
+            if KEY_QUERIES not in state:
+                raise InvalidInput("elder: the carried state has no stored edit keys (a delta from before key storage), "
+                                   "so its codes cannot follow the routers; start a new chain")
         device = next(model.parameters()).device
         E, k = hparams.num_experts, hparams.top_k
         reserved = torch.zeros(E, dtype=torch.bool, device=device)
@@ -126,39 +129,58 @@ class ELDEREditor:
         inst = install(model, state, config, seed=hparams.seed, init_scale=hparams.init_scale)
         runtime = inst.runtime
         runtime.mode = "train"
-        allocation: torch.Tensor | None = None  # [n_requests, L, E] bool, preset on the first step
-        stored = runtime.codes.reshape(-1, len(targets), E).float()  # [M, L, E]
-        usage = (stored.mean(0) if stored.shape[0] else torch.zeros(len(targets), E)).to(device)  # [L, E]
+        L = len(targets)
+        # earlier edits' keys keep their routing (probabilities) while the shared routers train on this batch
+        anchor_q = runtime.key_queries.to(device)  # type: ignore[union-attr]  # [K, d]
+        anchor_target = runtime.key_probs.to(device).reshape(-1, L, E)  # type: ignore[union-attr]  # [K, L, E]
+        anchor_codes = torch.zeros_like(anchor_target, dtype=torch.bool).scatter_(-1, anchor_target.topk(k, dim=-1).indices, True)
+        use_anchors = hparams.anchor_weight > 0 and anchor_q.shape[0] > 0
+        # how often stored keys use each expert: new edits are preset on the least-used ones
+        usage = anchor_codes.float().mean(0) if anchor_q.shape[0] and hparams.spread_experts else None  # [L, E]
         owner_t = torch.tensor(owner, device=device)
         lm_losses: list[float] = []
+        routing: dict[str, float] = {}  # last step: share of edit keys / deferred tokens / stored keys routed as they should
         was_training = model.training
         model.eval()
         try:
+            with torch.no_grad():  # preset each edit's experts from the router's preference at its key tokens
+                ids, attn, _, key_pos, _ = make_batch([])
+                runtime.key_mask = key_pos
+                model(input_ids=ids, attention_mask=attn)
+                key_probs = torch.stack(runtime.last_probs, dim=2)[key_pos]  # [N, L, E]
+                key_owner = owner_t[:, None].expand(-1, key_pos.shape[1])[key_pos]  # [N]
+                allocation = torch.stack([
+                    torch.stack([preferred_experts(key_probs[key_owner == i][:, l], k, ~reserved,
+                                                   None if usage is None else usage[l]) for l in range(L)])
+                    for i in range(len(requests))])  # [n_requests, L, E] bool
+                if hparams.hard_routing:
+                    edit_targets = allocation[owner_t]  # [n_edit_rows, L, E]
             trainable = [name for name, _ in model.named_parameters()
                          if any(name.startswith(t + ".") and not name.startswith(t + ".base.") for t in targets)]
 
             def loss_fn() -> tuple[torch.Tensor, float]:
-                nonlocal allocation
                 negatives = rng.sample(pool_rows, n_null) if n_null else []
                 ids, attn, labels, key_pos, null_pos = make_batch(negatives)
                 runtime.key_mask = key_pos
+                if hparams.hard_routing:
+                    runtime.hard_targets = torch.cat([edit_targets, edit_targets.new_zeros(len(negatives), L, E)])
                 logits = model(input_ids=ids, attention_mask=attn).logits
                 lm = torch.nn.functional.cross_entropy(
                     logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE)
                 probs = torch.stack(runtime.last_probs, dim=2)  # [B, T, L, E]
                 n_edit_rows = len(edit_rows)
-                if allocation is None:
-                    with torch.no_grad():
-                        allocation = torch.stack([
-                            torch.stack([preferred_experts(probs[:n_edit_rows][(owner_t == i)[:, None] & key_pos[:n_edit_rows]][:, l],
-                                                           k, ~reserved, usage[l]) for l in range(probs.shape[2])])
-                            for i in range(len(requests))])
                 # guided loss at the key tokens, toward each edit's preset experts (every layer)
                 edit_probs = probs[:n_edit_rows][key_pos[:n_edit_rows]]  # [N, L, E]
                 row_owner = owner_t[:, None].expand(-1, key_pos.shape[1])[key_pos[:n_edit_rows]]  # [N]
                 target = allocation[row_owner]  # [N, L, E]
                 guide = guided_loss(edit_probs.reshape(-1, E), target.reshape(-1, E)) if hparams.guide_weight else lm * 0
                 loss = lm + hparams.guide_weight * guide
+                if use_anchors:
+                    anchor_probs = torch.stack([router_probs(anchor_q, layer.router.weight, layer.router.bias)
+                                                for layer in runtime.layers], dim=1)  # [K, L, E]
+                    loss = loss + hparams.anchor_weight * guided_loss(anchor_probs.reshape(-1, E), anchor_target.reshape(-1, E))
+                    with torch.no_grad():
+                        anchor_hit = torch.zeros_like(anchor_codes).scatter_(-1, anchor_probs.topk(k, dim=-1).indices, True)
                 null_probs = probs[null_pos]  # [M, L, E]
                 if hparams.null_weight > 0:
                     null_target = reserved.expand(null_probs.shape[0], null_probs.shape[1], E)
@@ -167,9 +189,14 @@ class ELDEREditor:
                     chosen = edit_probs.topk(k, dim=-1).indices
                     hit = torch.zeros_like(edit_probs, dtype=torch.bool).scatter_(-1, chosen, True)
                     routed = bool((hit == target).all())
+                    routing["edit_keys"] = float((hit == target).all(-1).all(-1).float().mean())
                     if hparams.null_weight > 0 and null_probs.numel():
                         null_hit = torch.zeros_like(null_probs, dtype=torch.bool).scatter_(-1, null_probs.topk(k, dim=-1).indices, True)
-                        routed = routed and float((null_hit == reserved).all(-1).all(-1).float().mean()) >= 0.99
+                        routing["deferred"] = float((null_hit == reserved).all(-1).all(-1).float().mean())
+                        routed = routed and routing["deferred"] >= hparams.null_routed
+                    if use_anchors:
+                        routing["stored_keys"] = float((anchor_hit == anchor_codes).all(-1).all(-1).float().mean())
+                        routed = routed and routing["stored_keys"] >= 0.99
                 lm_losses.append(float(lm.detach()))
                 return loss, float(lm.detach()) + (0.0 if routed else 1.0)
 
@@ -178,21 +205,33 @@ class ELDEREditor:
                                      steps=hparams.steps, lr=hparams.lr, weight_decay=hparams.weight_decay,
                                      early_stop_loss=hparams.early_stop_loss)
                 with torch.no_grad():
+                    runtime.hard_targets = None
                     ids, attn, _, key_pos, _ = make_batch([])
                     runtime.key_mask = key_pos
                     model(input_ids=ids, attention_mask=attn)
                     new_codes = runtime.last_codes[key_pos].cpu()  # [N, L*E]
-                    new_keys = torch.nn.functional.normalize(runtime.last_query[key_pos].float(), dim=-1).cpu()  # [N, d]
-            if hparams.null_weight > 0:
-                # never store a code that would open the door to the reserved "defer" allocation
-                null_code = reserved.cpu().repeat(len(targets))
-                new_codes = new_codes[min_hamming(new_codes, null_code[None, :]) >= hparams.threshold]
-            runtime.codes = unique_codes(torch.cat([runtime.codes.cpu(), new_codes.bool()]))
-            if hparams.key_similarity is not None:
-                runtime.keys = torch.cat([runtime.keys.cpu() if runtime.keys is not None else new_keys[:0], new_keys])
+                    new_probs = torch.cat(runtime.last_probs, dim=-1)[key_pos].float().cpu()  # [N, L*E]
+                    new_queries = runtime.last_query[key_pos].float().cpu()  # [N, d]
+                    if hparams.null_weight > 0:
+                        # a key that ended on the reserved "defer" allocation is not stored (it would open that door)
+                        null_code = reserved.cpu().repeat(len(targets))
+                        kept = min_hamming(new_codes, null_code[None, :]) >= hparams.threshold
+                        new_probs, new_queries = new_probs[kept], new_queries[kept]
+                    key_queries = torch.cat([runtime.key_queries.cpu(), new_queries])  # type: ignore[union-attr]
+                    runtime.key_queries = key_queries
+                    runtime.key_probs = torch.cat([runtime.key_probs.cpu(), new_probs])  # type: ignore[union-attr]
+                    runtime.keys = torch.nn.functional.normalize(key_queries, dim=-1)
+                    # deferral matches the codes every stored key has under the routers as they are now, so
+                    # later training of the shared routers cannot silently switch an earlier edit off
+                    current = route_codes(key_queries, [(layer.router.weight.detach().cpu(), layer.router.bias.detach().cpu())
+                                                        for layer in runtime.layers], k)
+                    if hparams.null_weight > 0:
+                        current = current[min_hamming(current, null_code[None, :]) >= hparams.threshold]
+                    runtime.codes = unique_codes(current)
             new_state = export_state(inst, config)
         finally:
             runtime.key_mask = None
+            runtime.hard_targets = None
             inst.revert()
             model.train(was_training)
         log.info("elder: %d requests, %d steps, lm loss %.4f -> %.4f, %d stored codes",
@@ -202,5 +241,6 @@ class ELDEREditor:
             state=new_state,
             apply_kind="elder",
             stats={"steps": len(metrics), "loss_first": lm_losses[0], "loss_last": lm_losses[-1],
-                   "codes": int(new_state["elder.codes"].shape[0]), "seconds": time.perf_counter() - started},
+                   "codes": int(new_state["elder.codes"].shape[0]), "keys": int(new_state[KEY_QUERIES].shape[0]), "routed": routing,
+                   "seconds": time.perf_counter() - started},
         )

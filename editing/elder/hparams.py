@@ -19,16 +19,22 @@ class ELDERHParams:
     distance < `threshold` of a stored edit code (deferral), else the frozen model answers alone.
 
     Training (per refresh; early stopping waits until the answers are learned, the key tokens route to
-    their targets and 99% of the deferred tokens to the reserved experts): LM loss on the answers + `guide_weight` x guided loss
+    their targets, `null_routed` of the deferred tokens to the reserved experts and 99% of the stored keys
+    to their allocations): LM loss on the answers + `guide_weight` x guided loss
     −Σ_{e∈target} log g_e at the edit positions (last prompt token and answer tokens), where the
-    target is the router's own top-k over the non-reserved experts, least-used by stored codes first
-    (so successive edits spread over the experts). `augmentations`
+    target is the router's own top-k over the non-reserved experts (with `spread_experts`, least-used by
+    stored keys first, so successive edits spread over the experts). `augmentations`
     self-made variants of each prompt (a fixed generic prefix, lower-cased first letter) are
-    trained the same way. With `null_weight` > 0, positions that must be deferred (the edit
+    trained the same way. With `hard_routing` (ELDER's "hard" target mode) each edit row is gated by
+    its preset experts during training, so only they learn it. With `null_weight` > 0, positions that must be deferred (the edit
     prompt's other tokens and max(`null_facts` x N, 16) sentences drawn from the context's fact pool and generic
     corpus) are routed to the
     `top_k` reserved experts (our addition to ELDER, so non-edit tokens get codes far from every
-    edit code). The codes of the edit positions after training join the stored set (unique codes).
+    edit code). The key queries of the edit positions after training are stored with the code they
+    were trained with (ELDER's memory: d floats + L*E bits per key). In later edits, `anchor_weight`
+    x guided loss keeps every stored key routed to its own allocation while the shared routers train,
+    and after each edit the deferral codes are recomputed from all stored keys with the routers as
+    they now are (so later training cannot silently switch an earlier edit off).
 
     `key_similarity` (our option, off with null): a token is in scope only if, besides its code, its
     unit-norm query has cosine >= key_similarity with a stored edit key query (GRACE-like guard;
@@ -51,6 +57,10 @@ class ELDERHParams:
     guide_weight: float = 1.0
     null_weight: float = 1.0
     null_facts: int = 4
+    null_routed: float = 0.99
+    anchor_weight: float = 1.0
+    hard_routing: bool = True
+    spread_experts: bool = True
     augmentations: int = 2
     init_scale: float = 1.0
     key_similarity: float | None = None
@@ -75,8 +85,10 @@ class ELDERHParams:
             raise InvalidInput(f"elder: threshold must be >= 1 (Hamming distance strictly below it applies), got {self.threshold}")
         if self.steps < 1 or not self.lr > 0 or self.batch_size < 1:
             raise InvalidInput("elder: steps and batch_size must be >= 1 and lr > 0")
-        if self.guide_weight < 0 or self.null_weight < 0 or self.null_facts < 0 or self.augmentations < 0:
-            raise InvalidInput("elder: guide_weight, null_weight, null_facts and augmentations must be >= 0")
+        if self.guide_weight < 0 or self.null_weight < 0 or self.null_facts < 0 or self.augmentations < 0 or self.anchor_weight < 0:
+            raise InvalidInput("elder: guide_weight, null_weight, null_facts, augmentations and anchor_weight must be >= 0")
+        if not 0.0 <= self.null_routed <= 1.0:
+            raise InvalidInput(f"elder: null_routed must be in [0, 1], got {self.null_routed}")
         if self.key_similarity is not None and not -1.0 <= self.key_similarity <= 1.0:
             raise InvalidInput(f"elder: key_similarity must be in [-1, 1] or null, got {self.key_similarity}")
         if self.augmentations > 2:

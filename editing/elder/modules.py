@@ -11,8 +11,11 @@ older runtime off, and `revert()` brings the older modules back::
     inst.revert()
 
 State tensors (carried from refresh to refresh in the delta as `state::<name>`):
-`elder.config` (uint8 JSON), `elder.codes` [M, L*E] uint8, `elder.keys` [K, d] (only with the
-optional key guard), and per adapted module i:
+`elder.config` (uint8 JSON), `elder.codes` [M, L*E] uint8 (the distinct codes that deferral
+matches, always the codes of the stored edit keys under the current routers), `elder.key_queries`
+[K, d] float32 (the query of every stored edit key: ELDER's memory, it grows by a few keys per edit),
+`elder.key_probs` [K, L*E] float32 (each key's router probabilities when its edit was trained; later
+edits keep them), and per adapted module i:
 `elder.{i}.router.weight` [E, d], `elder.{i}.router.bias` [E], `elder.{i}.lora_A` [E, d_in, r],
 `elder.{i}.lora_B` [E, r, d_out].
 """
@@ -33,7 +36,9 @@ from infra.errors import InvalidInput
 
 CONFIG = "elder.config"
 CODES = "elder.codes"
-KEYS = "elder.keys"
+KEYS = "elder.keys"  # older deltas only: unit-norm key queries of the key guard
+KEY_QUERIES = "elder.key_queries"
+KEY_PROBS = "elder.key_probs"
 
 
 def module_dims(module: nn.Module) -> tuple[int, int]:
@@ -77,14 +82,18 @@ class ElderRuntime:
     train: `key_mask` marks it) fixes the gates for itself and every later token of the sequence,
     as ELDER routes a whole sequence from its key position; tokens before it, and sequences with no
     such token, get no adapters (deferral to the frozen model). The latch is carried across the
-    incremental calls of KV-cached decoding and reset when a sequence starts.
+    incremental calls of KV-cached decoding and reset when a sequence starts. In training,
+    `hard_targets` (when set) replace each row's top-k by its preset experts (ELDER's hard mode).
     """
 
     layers: list[ElderLinear]
     codes: torch.Tensor  # [M, L*E] bool
     top_k: int
     threshold: int
-    keys: torch.Tensor | None = None  # [K, d] unit-norm key queries (only with key_similarity)
+    keys: torch.Tensor | None = None  # [K, d] unit-norm key queries (for the key guard)
+    key_queries: torch.Tensor | None = None  # [K, d] stored edit key queries (layer-normed residual)
+    key_probs: torch.Tensor | None = None  # [K, L*E] router probabilities of each stored key when it was trained
+    hard_targets: torch.Tensor | None = None  # [B, L, E] bool, train mode: the preset experts of each row
     key_similarity: float | None = None
     mode: str = "serve"
     enabled: bool = True
@@ -107,9 +116,15 @@ class ElderRuntime:
         B, T, _ = hidden.shape
         query = F.layer_norm(hidden.float(), hidden.shape[-1:])  # [B, T, d]
         probs, gates, khots = [], [], []
-        for layer in self.layers:
+        hard = self.mode == "train" and self.hard_targets is not None
+        if hard and self.hard_targets.shape[:2] != (B, len(self.layers)):  # type: ignore[union-attr]
+            raise InvalidInput("elder: training forward with hard targets of the wrong shape")
+        for i, layer in enumerate(self.layers):
             p = router_probs(query, layer.router.weight, layer.router.bias)  # [B, T, E]
             g, khot = top_k_gates(p, self.top_k)
+            if hard:
+                # ELDER's "hard" target mode: the row's preset experts carry its gates (only they learn it)
+                g = p * self.hard_targets[:, i, None, :].to(p.dtype)  # type: ignore[index]
             probs.append(p)
             gates.append(g)
             khots.append(khot)
@@ -239,8 +254,14 @@ def install(model: nn.Module, state: Mapping[str, torch.Tensor] | None, config: 
         layers.append(layer)
     codes = state.get(CODES, torch.zeros(0, len(targets) * int(config["num_experts"]), dtype=torch.uint8)).bool()
     similarity = config.get("key_similarity")
+    n_bits = len(targets) * int(config["num_experts"])
+    key_queries = state.get(KEY_QUERIES, torch.zeros(0, d_query)).float()
+    key_probs = state.get(KEY_PROBS, torch.zeros(0, n_bits)).float()
+    if key_queries.shape[0] != key_probs.shape[0]:
+        raise InvalidInput(f"elder: {key_queries.shape[0]} stored key queries but {key_probs.shape[0]} key probabilities")
+    keys = F.normalize(key_queries, dim=-1) if KEY_QUERIES in state else state.get(KEYS, torch.zeros(0, d_query)).float()
     runtime = ElderRuntime(layers=layers, codes=codes, top_k=int(config["top_k"]), threshold=int(config["threshold"]),
-                           keys=state.get(KEYS, torch.zeros(0, d_query)).float(),
+                           keys=keys, key_queries=key_queries, key_probs=key_probs,
                            key_similarity=None if similarity is None else float(similarity))
     for layer in layers:
         object.__setattr__(layer, "_runtime", runtime)  # not a submodule: keeps state_dict unchanged
@@ -266,8 +287,9 @@ def install(model: nn.Module, state: Mapping[str, torch.Tensor] | None, config: 
 def export_state(inst: Installation, config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The tensors to carry in the delta (detached float32 copies on the CPU)."""
     state: dict[str, torch.Tensor] = {CONFIG: config_tensor(config), CODES: inst.runtime.codes.to(torch.uint8).cpu()}
-    if inst.runtime.keys is not None and inst.runtime.keys.numel():
-        state[KEYS] = inst.runtime.keys.float().cpu()
+    if inst.runtime.key_queries is not None:
+        state[KEY_QUERIES] = inst.runtime.key_queries.float().cpu().contiguous()
+        state[KEY_PROBS] = inst.runtime.key_probs.float().cpu().contiguous()  # type: ignore[union-attr]
     for i, layer in enumerate(inst.runtime.layers):
         state[f"elder.{i}.router.weight"] = layer.router.weight.detach().float().cpu().clone()
         state[f"elder.{i}.router.bias"] = layer.router.bias.detach().float().cpu().clone()
