@@ -118,7 +118,7 @@ def evaluate(model, tok, batch, earlier, neighbourhood, unrelated, heldout, gen_
     }
 
 
-def run(editor: str, n_edits: int, batch_size: int, model_dir: Path, threads: int) -> dict:
+def run(editor: str, n_edits: int, batch_size: int, model_dir: Path, threads: int, overrides: dict | None = None) -> dict:
     torch.set_num_threads(threads)
     facts, templates, requests, unrelated = world(n_edits)
     report = ensure_demo_model(model_dir, facts, templates, DemoModelConfig.demo(), progress=False)
@@ -127,7 +127,7 @@ def run(editor: str, n_edits: int, batch_size: int, model_dir: Path, threads: in
     corpus = tuple(generic_texts(facts, n=400)) + tuple(f"{templates[f.relation].render(f.subject)} {f.object}" for f in facts)
     heldout = heldout_texts(facts, n=64)
     gen_prompts = [t.split(" ")[0] + " " + t.split(" ")[1] for t in heldout[:32]]
-    hp = resolve_hparams(editor, "gpt2")
+    hp = resolve_hparams(editor, "gpt2", overrides)
     cache = MemoryCache()
     rng = random.Random(1)
     edited_subjects: set[str] = set()
@@ -214,6 +214,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--model-dir", type=Path, default=Path("var/models/demo"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--overrides", default="", help="JSON object of hyperparameter overrides (a sweep)")
+    parser.add_argument("--tag", default="", help="suffix of the result file, for sweeps")
     parser.add_argument("--plot", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -223,8 +225,12 @@ def main() -> None:
         paths = [RESULTS / f"locate_quality_{e}.json" for e in order if (RESULTS / f"locate_quality_{e}.json").exists()]
         plot(paths)
         return
-    result = run(args.editor, args.edits, args.batch_size, args.model_dir, args.threads)
-    (RESULTS / f"locate_quality_{args.editor}.json").write_text(json.dumps(result, indent=1, default=str))
+    overrides = json.loads(args.overrides) if args.overrides else None
+    result = run(args.editor, args.edits, args.batch_size, args.model_dir, args.threads, overrides)
+    result["overrides"] = overrides or {}
+    out = RESULTS / "sweeps" if args.tag else RESULTS
+    out.mkdir(exist_ok=True)
+    (out / f"locate_quality_{args.editor}{'_' + args.tag if args.tag else ''}.json").write_text(json.dumps(result, indent=1, default=str))
 
 
 if __name__ == "__main__":
