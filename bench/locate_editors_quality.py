@@ -182,7 +182,9 @@ def plot(paths: list[Path]) -> None:
             xs = [row["edits"] for row in r["rows"]]
             ys = [row[metric] for row in r["rows"]]
             ax.plot(xs, ys, marker="o", label=r["label"])
-        ax.set_title(metric)
+        ax.set_title(metric + (" (log scale)" if metric == "perplexity" else ""))
+        if metric == "perplexity":
+            ax.set_yscale("log")
         ax.set_xlabel("edits applied")
         ax.grid(alpha=0.3)
     axes.flat[0].legend()
