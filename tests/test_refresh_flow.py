@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import torch
 
 from editing.model_io import load_model, weights_fingerprint
 from flows.cli import main as cli
@@ -197,3 +198,51 @@ def test_second_refresh_builds_on_promoted_head_and_crashed_runs_are_redone(serv
     with service_context(service) as ctx:
         live = load_live_model(ctx)
         assert [d.id for d in live.chain] == [first_delta, run.delta_sha]
+
+
+# AlphaEdit on the tiny model: its one edited layer (the gpt2 defaults spread over three of the demo's four)
+TINY_ALPHAEDIT = {"layers": [0], "l2": 0.1}
+
+
+def _carried_keys(settings: Settings, delta_sha: str):
+    """(parent delta, AlphaEdit's carried key factor of layer 0, how many facts the delta edits)."""
+    from editing.delta import Delta
+
+    with service_context(settings) as ctx:
+        delta = Delta.from_files(ctx.store.get(delta_sha))
+    return delta.parent, delta.state()["alphaedit.keys.0"], len(delta.manifest["facts"])
+
+
+@pytest.mark.parametrize("service", ["sqlite+local"], indirect=True)
+def test_editor_state_follows_the_promoted_chain_and_rolls_back_with_it(service: Settings) -> None:
+    """The tenth refresh continues the first nine: AlphaEdit's edited keys travel with the delta chain
+    (one key per edited fact, added to the parent's), and after a rollback the next refresh continues
+    from the state of the head it rolled back to (redoing the undone facts on top of it)."""
+    from flows.refresh import catalogue_refresh
+
+    def refresh(seed: int, approve: bool = True) -> str:
+        _apply_swaps(service, seed=seed)
+        result = catalogue_refresh(editor="alphaedit", started_by="carol", hparams=TINY_ALPHAEDIT)
+        if approve:
+            assert cli(["approve", str(result["run_id"]), "--reviewer", "alice", "--reason", "ok", "--override-validation"]) == 0
+        with service_context(service) as ctx, ctx.db.session() as session:
+            return str(repo.get_run(session, result["run_id"]).delta_sha)
+
+    first = refresh(seed=0)
+    parent1, keys1, facts1 = _carried_keys(service, first)
+    assert parent1 is None and keys1.size(1) == facts1 > 0
+
+    second = refresh(seed=1)
+    parent2, keys2, facts2 = _carried_keys(service, second)
+    assert parent2 == first
+    assert keys2.size(1) == keys1.size(1) + facts2
+    assert torch.equal(keys2[:, : keys1.size(1)], keys1)  # the first's keys, then the second's
+
+    assert cli(["rollback", "--reason", "undo the second refresh"]) == 0
+    third = refresh(seed=2, approve=False)
+    parent3, keys3, facts3 = _carried_keys(service, third)
+    assert parent3 == first  # built on the head it rolled back to
+    assert facts3 > facts2  # the rolled-back facts are edited again, with the new ones
+    # continued from the first's state: had it started from the undone second's, it would hold keys2 + facts3 columns
+    assert keys3.size(1) == keys1.size(1) + facts3
+    assert torch.equal(keys3[:, : keys1.size(1)], keys1)
