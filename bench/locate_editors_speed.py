@@ -218,7 +218,7 @@ def write_report() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     parts = [("statistics_s", "statistics (first batch)"), ("targets_s", "target vectors"), ("solve_s", "keys + solve"),
              ("apply_s", "apply"), ("eval_s", "evaluation")]
     labels = [f"{r['label']}\n{r['shape']}/{r['device']}" for r in runs]
@@ -229,7 +229,17 @@ def write_report() -> None:
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set_xticks(range(len(runs)), labels, fontsize=7)
     ax.set_ylabel("seconds per batch (mean)")
+    ax.set_title("where a batch's time goes")
     ax.legend(fontsize=8)
+    compared = [(r, x) for r in runs for x in r["rows"] if "loop_editor_s" in x]
+    width = 0.4
+    xs = list(range(len(compared)))
+    ax2.bar([i - width / 2 for i in xs], [x["loop_editor_s"] for _, x in compared], width, label="one request at a time")
+    ax2.bar([i + width / 2 for i in xs], [x["editor_s"] for _, x in compared], width, label="whole batch at once")
+    ax2.set_xticks(xs, [f"{r['label']}\n#{x['batch']}" for r, x in compared], fontsize=7)
+    ax2.set_ylabel("editor seconds for the batch")
+    ax2.set_title("target vectors: reference loop vs batched (equal efficacy)")
+    ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / "locate_editors_speed.png", dpi=110)
 
