@@ -6,9 +6,15 @@ Claim 2 (F-Learning): on conflicting updates (price changes) it learns the new f
 plain fine-tuning or plain LoRA at equal locality (same step budget, so learning speed shows).
 Also: ELDER on the same batch, time per edit and peak memory. Every configuration runs in its own
 process (peak RSS is per configuration).
+Claim 2, harder (`--claim conflict`): 60 price facts the base model answers most confidently, each
+changed to another catalogue price; F-Learning (LoRA and full, λ 0.5 and 1) vs plain LoRA and plain
+fine-tuning of the same weights (λ = 0) over a sweep of learning steps (no early stop), so
+efficacy can be read at equal locality.
 
     python bench/finetune_editors_quality.py --model var/models/demo
-    # writes bench/results/finetune_quality.md and bench/results/finetune_quality.png
+    # writes bench/results/finetune_quality_table.md, finetune_quality.png, finetune_quality.jsonl
+    python bench/finetune_editors_quality.py --model var/models/demo --claim conflict
+    # writes bench/results/finetune_conflict_table.md, finetune_conflict.png, finetune_conflict.jsonl
 """
 
 from __future__ import annotations
@@ -49,6 +55,47 @@ CONFIGS: list[tuple[str, str, str | None, dict, str]] = [
      {"steps": 20, "variant": "full", "lam": 1.0, "lr": 0.005, "forget_lr": 0.005}, "prices"),
 ]
 
+#: The conflicting-update sweep: (label, flearning overrides); every one at each of CONFLICT_STEPS.
+CONFLICT_METHODS: list[tuple[str, dict]] = [
+    ("LoRA (λ=0)", {"variant": "lora", "lam": 0.0}),
+    ("F-Learning LoRA λ=0.5", {"variant": "lora", "lam": 0.5}),
+    ("F-Learning LoRA λ=1", {"variant": "lora", "lam": 1.0}),
+    ("full FT (λ=0)", {"variant": "full", "lam": 0.0, "lr": 0.005}),
+    ("F-Learning full λ=0.5", {"variant": "full", "lam": 0.5, "lr": 0.005, "forget_lr": 0.005}),
+    ("F-Learning full λ=1", {"variant": "full", "lam": 1.0, "lr": 0.005, "forget_lr": 0.005}),
+]
+CONFLICT_STEPS = (5, 10, 20)
+N_CONFLICT = 60
+CONFLICT_CONFIGS: list[tuple[str, str, str | None, dict, str]] = [("base model", "conflict", None, {}, "conflict")] + [
+    (f"{label}, {steps} steps", "conflict", "flearning", overrides | {"steps": steps, "early_stop_loss": 0.0}, "conflict")
+    for label, overrides in CONFLICT_METHODS for steps in CONFLICT_STEPS]
+
+
+def conflict_requests(model, tokenizer, model_dir: Path):  # noqa: ANN001, ANN201
+    """The N_CONFLICT price facts the base model answers correctly with the lowest answer NLL, each
+    changed to another price of the catalogue (seeded): updates that conflict with confident knowledge."""
+    from infra.demo import generate_catalogue, load_demo_templates
+    from infra.domain import EditRequest
+    from validation.scoring import answer_nll, greedy_answers
+
+    n_products = int(json.loads((model_dir / "build_report.json").read_text())["extra"]["n_facts"]) // 6
+    facts = [f for f in generate_catalogue(n_products, 0) if f.relation == "price"]
+    t = load_demo_templates()["price"]
+    prompts = [t.render(f.subject) for f in facts]
+    answers = [t.answer_format.format(object=f.object) for f in facts]
+    greedy = greedy_answers(model, tokenizer, prompts)
+    nll = answer_nll(model, tokenizer, prompts, answers)
+    known = sorted((float(nll[i]), i) for i in range(len(facts)) if greedy[i] == answers[i])
+    prices = sorted({f.object for f in facts})
+    rng = random.Random(0)
+    out = []
+    for _, i in known[:N_CONFLICT]:
+        f = facts[i]
+        new = rng.choice([p for p in prices if p != f.object])
+        out.append(EditRequest(f.subject, "price", prompts[i], t.answer_format.format(object=new), answers[i],
+                               t.render_paraphrases(f.subject)))
+    return out
+
 
 def demo_requests(model_dir: Path):  # noqa: ANN201
     from infra.demo import apply_changes, generate_catalogue, generic_texts, heldout_texts, load_demo_templates, next_change_batch
@@ -79,7 +126,7 @@ def demo_requests(model_dir: Path):  # noqa: ANN201
     return requests, keep, tuple(generic_texts(facts, n=100, seed=0)), prompts
 
 
-def run_one(index: int, model_dir: Path, threads: int) -> dict:
+def run_one(index: int, model_dir: Path, threads: int, conflict: bool = False) -> dict:
     import torch
     import transformers
 
@@ -92,9 +139,13 @@ def run_one(index: int, model_dir: Path, threads: int) -> dict:
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(threads)
-    label, claim, editor_name, overrides, which = CONFIGS[index]
+    label, claim, editor_name, overrides, which = (CONFLICT_CONFIGS if conflict else CONFIGS)[index]
     model, tokenizer = load_model(model_dir)
     requests, keep, corpus, gen_prompts = demo_requests(model_dir)
+    if which == "conflict":
+        requests["conflict"] = conflict_requests(model, tokenizer, model_dir)
+        changed = {r.prompt for r in requests["conflict"]}
+        keep = [pair for pair in keep if pair[0] not in changed]
     reqs = requests[which]
     base = greedy_answers(model, tokenizer, [p for p, _ in keep])
     keep = [pair for pair, a in zip(keep, base) if a == pair[1]]
@@ -130,7 +181,8 @@ def run_one(index: int, model_dir: Path, threads: int) -> dict:
         "paraphrase": acc(para),
         "paraphrase_tf": float((pn_new < pn_old).float().mean()),
         "locality": acc(locality_set),
-        "fluency": ngram_entropy(generate_texts(model, tokenizer, gen_prompts, max_new_tokens=40, seed=0)),
+        "fluency": None if conflict else ngram_entropy(generate_texts(model, tokenizer, gen_prompts, max_new_tokens=40, seed=0)),
+        "steps": overrides.get("steps"), "lam": overrides.get("lam"), "variant": overrides.get("variant"),
         "sec_per_edit": seconds / len(reqs) if editor_name else 0.0,
         "compute_peak_rss_mb": peak, "rss_before_mb": rss_before,
     }
@@ -177,20 +229,58 @@ def write_results(rows: list[dict], note: str) -> None:
     print("".join(out))
 
 
+def write_conflict(rows: list[dict], note: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    base = next((r for r in rows if r["label"] == "base model"), None)
+    for label, _ in CONFLICT_METHODS:
+        pts = sorted((r for r in rows if r["label"].startswith(label + ",")), key=lambda r: r["steps"])
+        style = "--" if "λ=0)" in label else "-"
+        for ax, metric in zip(axes, ("efficacy", "paraphrase", "efficacy_tf")):
+            ax.plot([r["locality"] for r in pts], [r[metric] for r in pts], style, marker="o", label=label)
+            for r in pts:
+                ax.annotate(str(r["steps"]), (r["locality"], r[metric]), fontsize=6)
+    for ax, metric in zip(axes, ("efficacy (greedy)", "paraphrase (greedy)", "P(new) > P(old)")):
+        ax.set_xlabel("locality (unedited facts kept)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        if base is not None:
+            ax.axvline(base["locality"], color="grey", lw=0.5)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Claim 2: {N_CONFLICT} confidently known prices changed; points = learning steps {CONFLICT_STEPS}")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "finetune_conflict.png", dpi=110)
+    cols = ["label", "requests", "efficacy", "efficacy_tf", "nll_new", "paraphrase", "paraphrase_tf", "locality",
+            "sec_per_edit", "compute_peak_rss_mb"]
+    out = [f"### Claim 2 (harder): F-Learning on {N_CONFLICT} conflicting price updates, step sweep (no early stop)\n\n| "
+           + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"]
+    for r in rows:
+        out.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |\n")
+    (RESULTS / "finetune_conflict_table.md").write_text("".join(out) + "\n" + note + "\n")
+    print("".join(out))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("var/models/demo"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--only", default="", help="comma-separated config indices")
+    parser.add_argument("--claim", choices=("saul-flearning", "conflict"), default="saul-flearning")
     args = parser.parse_args()
+    conflict = args.claim == "conflict"
     if args.one is not None:
-        print("RESULT " + json.dumps(run_one(args.one, args.model, args.threads)), flush=True)
+        print("RESULT " + json.dumps(run_one(args.one, args.model, args.threads, conflict)), flush=True)
         return
-    indices = [int(i) for i in args.only.split(",")] if args.only else list(range(len(CONFIGS)))
+    indices = [int(i) for i in args.only.split(",")] if args.only else list(range(len(CONFLICT_CONFIGS if conflict else CONFIGS)))
     rows = []
     for i in indices:
-        proc = subprocess.run([sys.executable, __file__, "--model", str(args.model), "--threads", str(args.threads), "--one", str(i)],
+        proc = subprocess.run([sys.executable, __file__, "--model", str(args.model), "--threads", str(args.threads),
+                               "--claim", args.claim, "--one", str(i)],
                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if not line:
@@ -198,6 +288,13 @@ def main() -> None:
             continue
         rows.append(json.loads(line[0][len("RESULT "):]))
         print(json.dumps(rows[-1]), flush=True)
+    note = (f"Model: {args.model}; CPU only (no GPU in this session), {args.threads} thread(s); "
+            "peak RSS is the process maximum after loading the model and computing the edit.")
+    if conflict:
+        with (RESULTS / "finetune_conflict.jsonl").open("w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in rows)
+        write_conflict(rows, note)
+        return
     with (RESULTS / "finetune_quality.jsonl").open("w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     write_results(rows, f"Model: {args.model}; CPU only (no GPU in this session), {args.threads} thread(s); "
