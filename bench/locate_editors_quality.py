@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 from editing.delta import Delta  # noqa: E402
 from editing.model_io import load_model, weights_fingerprint  # noqa: E402
-from editing.protocol import EditContext  # noqa: E402
+from editing.protocol import EditContext, MemoryBlobCache  # noqa: E402
 from editing.registry import get_editor, resolve_hparams  # noqa: E402
 from infra.demo import generate_catalogue, generic_texts, heldout_texts, load_demo_templates  # noqa: E402
 from infra.demo.model_builder import DemoModelConfig, ensure_demo_model  # noqa: E402
@@ -49,18 +49,6 @@ from validation.scoring import answer_nll, generate_texts, greedy_answers, perpl
 log = logging.getLogger("bench.locate_quality")
 RESULTS = Path(__file__).with_name("results")
 LABELS = {"ft": "FT-L", "memit": "MEMIT", "alphaedit": "AlphaEdit", "prune": "PRUNE(MEMIT)", "rome": "ROME"}
-
-
-class MemoryCache:
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-
-    def get_blob(self, key: str) -> bytes | None:
-        return self.blobs.get(key)
-
-    def put_blob(self, key: str, data: bytes) -> str:
-        self.blobs[key] = bytes(data)
-        return key
 
 
 def world(n_edits: int, seed: int = 0):
@@ -128,7 +116,7 @@ def run(editor: str, n_edits: int, batch_size: int, model_dir: Path, threads: in
     heldout = heldout_texts(facts, n=64)
     gen_prompts = [t.split(" ")[0] + " " + t.split(" ")[1] for t in heldout[:32]]
     hp = resolve_hparams(editor, "gpt2", overrides)
-    cache = MemoryCache()
+    cache = MemoryBlobCache()
     rng = random.Random(1)
     edited_subjects: set[str] = set()
     edited_keys: set[tuple[str, str]] = set()

@@ -29,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.locate_editors_quality import LABELS, MemoryCache, es, world  # noqa: E402
+from bench.locate_editors_quality import LABELS, es, world  # noqa: E402
 from editing.architecture import layout_of, num_layers  # noqa: E402
 from editing.delta import Delta  # noqa: E402
 from editing.locate.settings import target_settings  # noqa: E402
 from editing.locate.target_vectors import optimise_targets  # noqa: E402
 from editing.model_io import load_model, weights_fingerprint  # noqa: E402
-from editing.protocol import EditContext  # noqa: E402
+from editing.protocol import EditContext, MemoryBlobCache  # noqa: E402
 from editing.registry import get_editor, resolve_hparams  # noqa: E402
 from infra.demo import generic_texts  # noqa: E402
 from infra.demo.model_builder import DemoModelConfig, ensure_demo_model  # noqa: E402
@@ -55,7 +55,7 @@ def main() -> None:
     model, tok = load_model(Path(report.path))
     fp = weights_fingerprint(model)
     corpus = tuple(generic_texts(facts, n=400)) + tuple(f"{templates[f.relation].render(f.subject)} {f.object}" for f in facts)
-    context = EditContext(cache=MemoryCache(), corpus=corpus, model_fingerprint=fp)
+    context = EditContext(cache=MemoryBlobCache(), corpus=corpus, model_fingerprint=fp)
     batch = requests[:100]
     relations = sorted({r.relation for r in batch})
     by_relation = {rel: [r for r in batch if r.relation == rel] for rel in relations}

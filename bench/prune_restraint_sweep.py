@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.locate_editors_quality import MemoryCache, es, exact, world  # noqa: E402
+from bench.locate_editors_quality import es, exact, world  # noqa: E402
 from editing.delta import Delta  # noqa: E402
 from editing.model_io import load_model, weights_fingerprint  # noqa: E402
-from editing.protocol import EditContext  # noqa: E402
+from editing.protocol import EditContext, MemoryBlobCache  # noqa: E402
 from editing.registry import get_editor, resolve_hparams  # noqa: E402
 from infra.demo import generic_texts  # noqa: E402
 from infra.demo.model_builder import DemoModelConfig, ensure_demo_model  # noqa: E402
@@ -46,7 +46,7 @@ def main() -> None:
     model, tok = load_model(Path(report.path))
     fp = weights_fingerprint(model)
     corpus = tuple(generic_texts(facts, n=400)) + tuple(f"{templates[f.relation].render(f.subject)} {f.object}" for f in facts)
-    context = EditContext(cache=MemoryCache(), corpus=corpus, model_fingerprint=fp)
+    context = EditContext(cache=MemoryBlobCache(), corpus=corpus, model_fingerprint=fp)
     batch = requests[:100]
 
     def measure(editor: str, hp) -> tuple[float, float, dict]:

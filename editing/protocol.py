@@ -30,6 +30,20 @@ class BlobCache(Protocol):
     def put_blob(self, key: str, data: bytes) -> str: ...
 
 
+class MemoryBlobCache:
+    """A `BlobCache` in a dict, for one process's runs (benchmarks, tests); the service uses its delta store."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def get_blob(self, key: str) -> bytes | None:
+        return self.blobs.get(key)
+
+    def put_blob(self, key: str, data: bytes) -> str:
+        self.blobs[key] = bytes(data)
+        return key
+
+
 @dataclass(frozen=True)
 class EditContext:
     """Everything an editor may use besides the model and the requests; all optional.

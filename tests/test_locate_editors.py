@@ -22,7 +22,7 @@ from editing.architecture import layout_of
 from editing.delta import Delta
 from editing.locate.hooks import capture
 from editing.model_io import weights_fingerprint
-from editing.protocol import EditContext
+from editing.protocol import EditContext, MemoryBlobCache
 from editing.registry import editor_names, get_editor, resolve_hparams
 from infra.domain import EditRequest
 from infra.errors import InvalidInput
@@ -102,18 +102,6 @@ def build_delta(editor: str, model, result, parent=None) -> Delta:
     return Delta.create(tensors, editor=editor, hparams={}, base_fingerprint="base", parent=parent, facts=[], model=model)
 
 
-class DictCache:
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-
-    def get_blob(self, key: str) -> bytes | None:
-        return self.blobs.get(key)
-
-    def put_blob(self, key: str, data: bytes) -> str:
-        self.blobs[key] = bytes(data)
-        return key
-
-
 def test_registry_lists_the_locate_editors_with_defaults_for_every_family():
     assert set(LOCATE) <= set(editor_names())
     for editor in LOCATE:
@@ -164,7 +152,7 @@ def test_rome_and_memit_store_low_rank_factors(tokenizer):
 
 def test_statistics_are_computed_once_and_reused_from_the_cache(tokenizer):
     model = tiny_model("gpt2", len(tokenizer))
-    cache = DictCache()
+    cache = MemoryBlobCache()
     hp = resolve_hparams("memit", "gpt2", overrides("memit"))
     context = EditContext(corpus=tuple(CORPUS), cache=cache, model_fingerprint="f" * 64)
     first = get_editor("memit").compute(model, tokenizer, REQUESTS, hp, context)
