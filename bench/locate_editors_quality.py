@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import random
 import sys
@@ -36,56 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.locate_world import LABELS, demo_model, es, exact, statistics_corpus, world  # noqa: E402
 from editing.delta import Delta  # noqa: E402
-from editing.model_io import load_model, weights_fingerprint  # noqa: E402
 from editing.protocol import EditContext, MemoryBlobCache  # noqa: E402
 from editing.registry import get_editor, resolve_hparams  # noqa: E402
-from infra.demo import generate_catalogue, generic_texts, heldout_texts, load_demo_templates  # noqa: E402
-from infra.demo.model_builder import DemoModelConfig, ensure_demo_model  # noqa: E402
-from infra.domain import EditRequest  # noqa: E402
+from infra.demo import heldout_texts  # noqa: E402
 from validation.fluency import ngram_entropy  # noqa: E402
-from validation.scoring import answer_nll, generate_texts, greedy_answers, perplexity  # noqa: E402
+from validation.scoring import generate_texts, perplexity  # noqa: E402
 
 log = logging.getLogger("bench.locate_quality")
 RESULTS = Path(__file__).with_name("results")
-LABELS = {"ft": "FT-L", "memit": "MEMIT", "alphaedit": "AlphaEdit", "prune": "PRUNE(MEMIT)", "rome": "ROME"}
-
-
-def world(n_edits: int, seed: int = 0):
-    facts = generate_catalogue(n_products=200)
-    templates = load_demo_templates()
-    rng = random.Random(seed)
-    subjects = sorted({f.subject for f in facts})
-    reserved = set(rng.sample(subjects, 30))  # products never edited: the unrelated set
-    editable = [f for f in facts if f.subject not in reserved]
-    objects: dict[str, list[str]] = {}
-    for f in facts:
-        objects.setdefault(f.relation, [])
-        if f.object not in objects[f.relation]:
-            objects[f.relation].append(f.object)
-    chosen = rng.sample(editable, min(n_edits, len(editable)))
-    requests = []
-    for f in chosen:
-        t = templates[f.relation]
-        new = rng.choice(sorted(set(objects[f.relation]) - {f.object}))
-        requests.append(EditRequest(f.subject, f.relation, t.render(f.subject), new, f.object, t.render_paraphrases(f.subject)))
-    unrelated = [(templates[f.relation].render(f.subject), f.object) for f in facts if f.subject in reserved]
-    return facts, templates, requests, unrelated
-
-
-def es(model, tok, prompts, new, old) -> float:
-    if not prompts:
-        return math.nan
-    a = answer_nll(model, tok, prompts, new)
-    b = answer_nll(model, tok, prompts, old)
-    return float((a < b).float().mean())
-
-
-def exact(model, tok, prompts, answers) -> float:
-    if not prompts:
-        return math.nan
-    got = greedy_answers(model, tok, prompts)
-    return sum(g == a for g, a in zip(got, answers)) / len(prompts)
 
 
 def evaluate(model, tok, batch, earlier, neighbourhood, unrelated, heldout, gen_prompts, rng) -> dict[str, float]:
@@ -109,10 +68,8 @@ def evaluate(model, tok, batch, earlier, neighbourhood, unrelated, heldout, gen_
 def run(editor: str, n_edits: int, batch_size: int, model_dir: Path, threads: int, overrides: dict | None = None) -> dict:
     torch.set_num_threads(threads)
     facts, templates, requests, unrelated = world(n_edits)
-    report = ensure_demo_model(model_dir, facts, templates, DemoModelConfig.demo(), progress=False)
-    model, tok = load_model(Path(report.path))
-    base_fp = weights_fingerprint(model)
-    corpus = tuple(generic_texts(facts, n=400)) + tuple(f"{templates[f.relation].render(f.subject)} {f.object}" for f in facts)
+    model, tok, base_fp = demo_model(model_dir, facts, templates)
+    corpus = statistics_corpus(facts, templates)
     heldout = heldout_texts(facts, n=64)
     gen_prompts = [t.split(" ")[0] + " " + t.split(" ")[1] for t in heldout[:32]]
     hp = resolve_hparams(editor, "gpt2", overrides)

@@ -43,14 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.locate_editors_quality import LABELS, es, world  # noqa: E402
+from bench.locate_world import LABELS, es, statistics_corpus, world  # noqa: E402
 from editing.architecture import family_of  # noqa: E402
 from editing.delta import Delta  # noqa: E402
 from editing.locate.statistics import moments_for  # noqa: E402
 from editing.model_io import load_model, weights_fingerprint  # noqa: E402
 from editing.protocol import EditContext, MemoryBlobCache  # noqa: E402
 from editing.registry import get_editor, resolve_hparams  # noqa: E402
-from infra.demo import generic_texts  # noqa: E402
 from infra.demo.model_builder import DemoModelConfig, ensure_demo_model  # noqa: E402
 
 log = logging.getLogger("bench.locate_speed")
@@ -128,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
     family = family_of(model)
     hp = resolve_hparams(args.editor, family, json.loads(args.overrides) if args.overrides else None)
     base_fp = weights_fingerprint(model)
-    corpus = tuple(generic_texts(facts, n=400)) + tuple(f"{templates[f.relation].render(f.subject)} {f.object}" for f in facts)
+    corpus = statistics_corpus(facts, templates)
     cache = MemoryBlobCache()
     context = EditContext(cache=cache, corpus=corpus, model_fingerprint=base_fp)
     if args.device.startswith("cuda"):

@@ -29,16 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.locate_editors_quality import LABELS, es, world  # noqa: E402
+from bench.locate_world import LABELS, demo_model, edit_applied, es, statistics_corpus, world  # noqa: E402
 from editing.architecture import layout_of, num_layers  # noqa: E402
-from editing.delta import Delta  # noqa: E402
 from editing.locate.settings import target_settings  # noqa: E402
 from editing.locate.target_vectors import optimise_targets  # noqa: E402
-from editing.model_io import load_model, weights_fingerprint  # noqa: E402
 from editing.protocol import EditContext, MemoryBlobCache  # noqa: E402
-from editing.registry import get_editor, resolve_hparams  # noqa: E402
-from infra.demo import generic_texts  # noqa: E402
-from infra.demo.model_builder import DemoModelConfig, ensure_demo_model  # noqa: E402
+from editing.registry import resolve_hparams  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 UNCONSTRAINED = {"clamp_norm_factor": 1e6, "kl_factor": 0.0, "v_weight_decay": 0.0, "v_steps": 200, "v_lr": 2.0}
@@ -51,24 +47,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     facts, templates, requests, _ = world(1000)
-    report = ensure_demo_model(args.model_dir, facts, templates, DemoModelConfig.demo(), progress=False)
-    model, tok = load_model(Path(report.path))
-    fp = weights_fingerprint(model)
-    corpus = tuple(generic_texts(facts, n=400)) + tuple(f"{templates[f.relation].render(f.subject)} {f.object}" for f in facts)
-    context = EditContext(cache=MemoryBlobCache(), corpus=corpus, model_fingerprint=fp)
+    model, tok, fp = demo_model(args.model_dir, facts, templates)
+    context = EditContext(cache=MemoryBlobCache(), corpus=statistics_corpus(facts, templates), model_fingerprint=fp)
     batch = requests[:100]
     relations = sorted({r.relation for r in batch})
     by_relation = {rel: [r for r in batch if r.relation == rel] for rel in relations}
 
     efficacy: dict[str, dict[str, float]] = {}
     for editor in ("rome", "memit", "alphaedit", "prune"):
-        result = get_editor(editor).compute(model, tok, batch, resolve_hparams(editor, "gpt2"), context)
-        applied = Delta.create(dict(result.tensors), editor=editor, hparams={}, base_fingerprint=fp, parent=None, facts=[], model=model).apply(model)
-        try:
+        with edit_applied(editor, resolve_hparams(editor, "gpt2"), model, tok, batch, context):
             efficacy[editor] = {rel: es(model, tok, [r.prompt for r in rs], [r.target_new for r in rs], [r.target_true for r in rs])
                                 for rel, rs in by_relation.items()}
-        finally:
-            applied.revert()
         print(editor, {k: round(v, 2) for k, v in efficacy[editor].items()}, flush=True)
 
     layout = layout_of(model)

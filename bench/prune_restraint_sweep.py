@@ -23,13 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.locate_editors_quality import es, exact, world  # noqa: E402
-from editing.delta import Delta  # noqa: E402
-from editing.model_io import load_model, weights_fingerprint  # noqa: E402
+from bench.locate_world import demo_model, edit_applied, es, exact, statistics_corpus, world  # noqa: E402
 from editing.protocol import EditContext, MemoryBlobCache  # noqa: E402
-from editing.registry import get_editor, resolve_hparams  # noqa: E402
-from infra.demo import generic_texts  # noqa: E402
-from infra.demo.model_builder import DemoModelConfig, ensure_demo_model  # noqa: E402
+from editing.registry import resolve_hparams  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 RESTRAINTS = [("log", math.e), ("log", 2.0), ("log", 1.5), ("log", 1.2), ("log", 1.05), ("linear", math.e)]
@@ -42,21 +38,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     facts, templates, requests, unrelated = world(1000)
-    report = ensure_demo_model(args.model_dir, facts, templates, DemoModelConfig.demo(), progress=False)
-    model, tok = load_model(Path(report.path))
-    fp = weights_fingerprint(model)
-    corpus = tuple(generic_texts(facts, n=400)) + tuple(f"{templates[f.relation].render(f.subject)} {f.object}" for f in facts)
-    context = EditContext(cache=MemoryBlobCache(), corpus=corpus, model_fingerprint=fp)
+    model, tok, fp = demo_model(args.model_dir, facts, templates)
+    context = EditContext(cache=MemoryBlobCache(), corpus=statistics_corpus(facts, templates), model_fingerprint=fp)
     batch = requests[:100]
 
     def measure(editor: str, hp) -> tuple[float, float, dict]:
-        result = get_editor(editor).compute(model, tok, batch, hp, context)
-        applied = Delta.create(dict(result.tensors), editor=editor, hparams={}, base_fingerprint=fp, parent=None, facts=[], model=model).apply(model)
-        try:
+        with edit_applied(editor, hp, model, tok, batch, context) as result:
             efficacy = es(model, tok, [r.prompt for r in batch], [r.target_new for r in batch], [r.target_true for r in batch])
             kept = exact(model, tok, [p for p, _ in unrelated], [a for _, a in unrelated])
-        finally:
-            applied.revert()
         return efficacy, kept, result.stats
 
     base_kept = exact(model, tok, [p for p, _ in unrelated], [a for _, a in unrelated])

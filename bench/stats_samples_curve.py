@@ -25,14 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.locate_editors_quality import es, world  # noqa: E402
+from bench.locate_world import demo_model, es, statistics_corpus, world  # noqa: E402
 from editing.delta import Delta  # noqa: E402
 from editing.locate.statistics import second_moments  # noqa: E402
-from editing.model_io import load_model  # noqa: E402
 from editing.protocol import EditContext  # noqa: E402
 from editing.registry import get_editor, resolve_hparams  # noqa: E402
-from infra.demo import generic_texts  # noqa: E402
-from infra.demo.model_builder import DemoModelConfig, ensure_demo_model  # noqa: E402
 from validation.scoring import greedy_answers  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
@@ -46,10 +43,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     facts, templates, requests, _ = world(100, seed=3)
-    report = ensure_demo_model(args.model_dir, facts, templates, DemoModelConfig.demo(), progress=False)
-    model, tok = load_model(Path(report.path))
+    model, tok, _ = demo_model(args.model_dir, facts, templates)
     edited = {(r.subject, r.relation) for r in requests}
-    corpus = list(generic_texts(facts, n=400)) + [f"{templates[f.relation].render(f.subject)} {f.object}" for f in facts]
+    corpus = list(statistics_corpus(facts, templates))
     random.Random(0).shuffle(corpus)
     others = [templates[f.relation].render(f.subject) for f in facts if (f.subject, f.relation) not in edited]
     before = greedy_answers(model, tok, others)
