@@ -8,8 +8,6 @@ kept in float32 on both paths, so a cached and a fresh projector are identical.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -17,8 +15,6 @@ from safetensors.torch import save as save_safetensors
 from editing.alphaedit.core import null_space_basis
 from editing.locate.statistics import LayerMoments
 from editing.protocol import BlobCache
-
-log = logging.getLogger(__name__)
 
 
 def projector_cache_key(moments: LayerMoments, threshold: float, relative: bool) -> str:
