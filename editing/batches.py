@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import torch
 
+from infra.encoding import encode_pair, pad_id, right_pad
+
 
 @dataclass(frozen=True)
 class AnswerBatch:
@@ -27,26 +29,14 @@ class AnswerBatch:
 
 
 def answer_batch(tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], add_eos: bool = True) -> AnswerBatch:
-    """Right-padded batch with labels on the answer tokens only (labels are *not* shifted)."""
-    rows: list[tuple[list[int], list[int]]] = []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
-        if add_eos and tokenizer.eos_token_id is not None:
-            answer_ids = answer_ids + [tokenizer.eos_token_id]
-        rows.append((prompt_ids, answer_ids))
-    width = max(len(p) + len(a) for p, a in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    last_prompt = torch.zeros(len(rows), dtype=torch.long)
-    for i, (prompt_ids, answer_ids) in enumerate(rows):
-        ids = prompt_ids + answer_ids
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = 1
-        labels[i, len(prompt_ids) : len(ids)] = torch.tensor(answer_ids)
-        last_prompt[i] = len(prompt_ids) - 1
+    """Right-padded batch with labels on the answer tokens only (labels are *not* shifted).
+
+    Encoded by `infra.encoding.encode_pair`, as the scorer and the serving path encode them.
+    """
+    rows = [encode_pair(tokenizer, prompt, answer, eos=add_eos) for prompt, answer in zip(prompts, answers, strict=True)]
+    input_ids, attention = right_pad([p + a for p, a in rows], pad_id(tokenizer))
+    labels, _ = right_pad([[-100] * len(p) + a for p, a in rows], pad_id(tokenizer), fill=-100)
+    last_prompt = torch.tensor([len(p) - 1 for p, _ in rows], dtype=torch.long)
     return AnswerBatch(input_ids, attention, labels, last_prompt)
 
 

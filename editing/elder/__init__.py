@@ -9,7 +9,7 @@ from editing.elder.modules import apply_elder
 from editing.registry import EditorSpec, register
 
 register(EditorSpec("elder", ELDEREditor, ELDERHParams, Path(__file__).with_name("defaults.json"),
-                    "mixture of LoRA experts with guided routing and deferral, served unmerged (ELDER)"))
+                    "mixture of LoRA experts with guided routing and deferral, served unmerged (ELDER)", cumulative=False))
 register_applier("elder", apply_elder)
 
 __all__ = ["ELDEREditor", "ELDERHParams"]

@@ -25,6 +25,7 @@ from editing.elder.modules import CONFIG, KEY_QUERIES, export_state, install, re
 from editing.protocol import EditContext, EditResult
 from editing.trainable import only_these_trainable
 from infra.domain import EditRequest
+from infra.encoding import encode_pair, encode_text, pad_id
 from infra.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,12 @@ def _rows(tokenizer: Any, texts: Sequence[tuple[str, str | None]]) -> list[tuple
     """(ids, prompt length) per (prompt, answer); answer None = the sentence is a negative (all positions)."""
     out = []
     for prompt, answer in texts:
-        ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        n_prompt = len(ids)
-        if answer is not None:
-            ids += list(tokenizer(" " + answer, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
-        out.append((ids, n_prompt))
+        if answer is None:
+            ids = encode_text(tokenizer, prompt)
+            out.append((ids, len(ids)))
+        else:
+            prompt_ids, answer_ids = encode_pair(tokenizer, prompt, answer, eos=True)
+            out.append((prompt_ids + answer_ids, len(prompt_ids)))
     return out
 
 
@@ -104,13 +106,13 @@ class ELDEREditor:
         pool_rows = [(ids[:max_tokens], n) for ids, n in _rows(tokenizer, [(text, None) for text in pool])]
         n_null = min(len(pool_rows), max(hparams.null_facts * len(requests), 16)) if hparams.null_weight > 0 else 0
         rng = random.Random(hparams.seed)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_id(tokenizer)
 
         def make_batch(negatives: list[tuple[list[int], int]]):  # noqa: ANN202
             rows = edit_rows + negatives
             width = max(len(ids) for ids, _ in rows)
             B = len(rows)
-            ids = torch.full((B, width), pad_id, dtype=torch.long)
+            ids = torch.full((B, width), pad, dtype=torch.long)
             attn = torch.zeros((B, width), dtype=torch.long)
             labels = torch.full((B, width), IGNORE, dtype=torch.long)
             key_pos = torch.zeros((B, width), dtype=torch.bool)  # the last prompt token of each edit row

@@ -275,7 +275,7 @@ def install(model: nn.Module, state: Mapping[str, torch.Tensor] | None, config: 
         runtime.on_query(hidden)
 
     def model_hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        past = kwargs.get("past_key_values")
+        past = kwargs.get("cache", kwargs.get("past_key_values"))  # the KV cache's name changed in transformers 5.2x
         new_sequence = past is None or (hasattr(past, "get_seq_length") and int(past.get_seq_length()) == 0)
         runtime.on_model_call(kwargs.get("attention_mask"), new_sequence)
 

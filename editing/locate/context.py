@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from infra.encoding import encode_prompt, left_pad, pad_id
+
 SEED_WORDS = ("The", "Therefore", "Because", "I", "You")
 
 
@@ -25,17 +27,12 @@ def context_prefixes(model: nn.Module, tokenizer: Any, spec: Sequence[Sequence[i
         return tuple(prefixes)
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     for length, count in spec:
         seeds = [SEED_WORDS[i % len(SEED_WORDS)] for i in range(int(count))]
-        rows = [list(tokenizer(s, add_special_tokens=True)["input_ids"]) for s in seeds]
+        rows = [encode_prompt(tokenizer, s) for s in seeds]
         # left-pad the seeds so every row generates at the same position
         width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
+        ids, mask, _ = left_pad(rows, pad_id(tokenizer))
         for _ in range(int(length)):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)).logits[:, -1].float().cpu()

@@ -7,7 +7,7 @@ chosen by `fact_token`:
 - `subject_first`: the first token of the subject;
 - `prompt_last`:   the last token of the prompt.
 
-Prompts are tokenised as the scorer in `validation.scoring` does (special tokens included), and
+Prompts are tokenised by `infra.encoding`, as the scorer and the fine-tuning editors do, and
 optionally prefixed by context templates (`prefix + prompt`); keys are averaged over prefixes::
 
     rows = encode_prompts(tokenizer, prompts, subjects, fact_token="subject_last", prefixes=("",))
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from editing.locate.hooks import capture
+from infra.encoding import encode_answer, encode_prompt_with_offsets, pad_id, right_pad
 from infra.errors import InvalidInput
 
 FACT_TOKENS = ("subject_last", "subject_first", "prompt_last")
@@ -99,33 +100,15 @@ def encode_prompts(
             raise InvalidInput(f"subject {subject!r} does not occur in prompt {prompt!r}")
         for prefix in prefixes:
             text = prefix + prompt
-            enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-            ids = list(enc["input_ids"])
-            offsets = [tuple(o) for o in enc["offset_mapping"]]
-            if eos is not None and ids and ids[-1] == eos and not text.endswith(tokenizer.eos_token or "\0"):
-                ids, offsets = ids[:-1], offsets[:-1]  # tokenizers that append eos themselves
-            if not ids:
-                raise InvalidInput(f"prompt {text!r} encodes to no tokens")
+            ids, offsets = encode_prompt_with_offsets(tokenizer, text)
             pos = _fact_position(offsets, len(prefix) + at, len(prefix) + at + len(subject), fact_token, len(ids), text)
             answer_ids: list[int] = []
             if answers is not None:
-                full = list(tokenizer(text + " " + answers[i], add_special_tokens=True)["input_ids"])
-                if eos is not None and full and full[-1] == eos:
-                    full = full[:-1]
-                if full[: len(ids)] == ids and len(full) > len(ids):
-                    answer_ids = full[len(ids):]
-                else:
-                    answer_ids = list(tokenizer(" " + answers[i], add_special_tokens=False)["input_ids"])
+                answer_ids = encode_answer(tokenizer, text, answers[i], ids)
                 if add_eos and eos is not None:
-                    answer_ids = answer_ids + [eos]
+                    answer_ids = answer_ids + [int(eos)]
             rows.append((ids + answer_ids, pos, i, len(ids), len(answer_ids)))
-    width = max(len(r[0]) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
-    input_ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (ids, *_rest) in enumerate(rows):
-        input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[r, : len(ids)] = 1
+    input_ids, mask = right_pad([r[0] for r in rows], pad_id(tokenizer))
     col = lambda j: torch.tensor([row[j] for row in rows], dtype=torch.long)  # noqa: E731
     return EncodedRows(input_ids, mask, col(1), col(2), col(3), col(4), len(prompts))
 

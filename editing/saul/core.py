@@ -51,13 +51,17 @@ def saul_rows(
     n_augment: int,
     augment_whole_sentence: bool,
     max_length: int,
+    corpus: Sequence[Pair] = (),
+    corpus_share: float = 0.0,
 ) -> list[Row]:
-    """One row per edit (its sentence, then `concat_facts` random pool facts) and `n_augment` pool facts.
+    """One row per edit (its sentence, then `concat_facts` random pool facts) and `n_augment` augmented rows.
 
     Sentences are joined directly: each answer already ends with eos, the sentence boundary.
     Appended facts are labelled in full (prompt and answer: "keep writing normal text after the new
-    object"); augmented facts in full or answer-only. A row never exceeds `max_length` tokens: an
-    appended fact that would not fit is left out. With an empty pool, only the edit sentences remain.
+    object"); augmented facts in full or answer-only. An augmented row is a generic `corpus` sentence
+    (labelled in full) with probability `corpus_share`, else a pool fact. A row never exceeds
+    `max_length` tokens: an appended fact that would not fit is left out. With an empty pool and
+    corpus, only the edit sentences remain.
     """
     rows: list[Row] = []
     for prompt, answer in edits:
@@ -73,10 +77,13 @@ def saul_rows(
             edit += [IGNORE] * len(extra)
             reg += _fact_labels(fact, whole=True)
         rows.append(Row(ids, edit, reg))
-    for _ in range(n_augment if pool else 0):
-        fact = pool[rng.randrange(len(pool))]
+    for _ in range(n_augment if (pool or corpus) else 0):
+        if corpus and (not pool or rng.random() < corpus_share):
+            fact, whole = corpus[rng.randrange(len(corpus))], True
+        else:
+            fact, whole = pool[rng.randrange(len(pool))], augment_whole_sentence
         ids = list(fact[0]) + list(fact[1])
-        rows.append(Row(ids[:max_length], [IGNORE] * min(len(ids), max_length), _fact_labels(fact, augment_whole_sentence)[:max_length]))
+        rows.append(Row(ids[:max_length], [IGNORE] * min(len(ids), max_length), _fact_labels(fact, whole)[:max_length]))
     return rows
 
 

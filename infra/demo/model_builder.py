@@ -40,16 +40,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from infra.decoding import greedy_answers
 from infra.demo.catalogue import generic_texts
+from infra.encoding import encode_pair, encode_text, encode_answer
 from infra.domain import Fact, RelationTemplates
-from infra.errors import InvalidInput
+from infra.errors import InvalidInput, InvalidState
 from infra.fingerprint import weights_fingerprint
-from validation.scoring import greedy_answers
 
 log = logging.getLogger(__name__)
 
 #: Bump when the training recipe changes in a way the config does not capture: old caches rebuild.
-BUILD_FORMAT_VERSION = 1
+#: 2: the model's config names its editor-defaults profile ("demo").
+BUILD_FORMAT_VERSION = 2
+#: The editor-defaults profile the demo model carries in its config (editing.architecture.profile_of).
+PROFILE = "demo"
 REPORT_FILE = "build_report.json"
 EOS_TOKEN = "<|endoftext|>"
 MAX_NEW_TOKENS = 8
@@ -214,18 +218,15 @@ class _Example:
 
 
 def _encode_pair(tokenizer: Any, prompt: str, answer: str, cfg: DemoModelConfig) -> _Example:
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(f"{prompt} {answer}", add_special_tokens=False)["input_ids"]
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise InvalidInput(f"prompt {prompt!r} does not tokenize as a prefix of its answered form")
-    ids = full_ids + [tokenizer.eos_token_id]
+    prompt_ids, answer_ids = encode_pair(tokenizer, prompt, answer, eos=True)
+    ids = prompt_ids + answer_ids
     n_prompt = len(prompt_ids)
     weights = [cfg.prompt_weight] * n_prompt + [cfg.answer_weight] * (len(ids) - n_prompt)
     return _Example(ids, weights, n_prompt)
 
 
 def _encode_text(tokenizer: Any, text: str) -> _Example:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = encode_text(tokenizer, text, eos=True)
     return _Example(ids, [1.0] * len(ids))
 
 
@@ -288,7 +289,7 @@ def prompt_accuracy(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]]
     if not pairs:
         return float("nan")
     # Room for the longest expected answer and its eos, so a long answer is never cut short.
-    longest = max(len(tokenizer(" " + a, add_special_tokens=False)["input_ids"]) for _, a in pairs)
+    longest = max(len(encode_answer(tokenizer, p, a)) for p, a in pairs)
     answers = greedy_answers(
         model, tokenizer, [p for p, _ in pairs], batch_size=batch_size, max_new_tokens=max(MAX_NEW_TOKENS, longest + 1)
     )
@@ -398,6 +399,7 @@ def build_demo_model(
                 bos_token_id=tokenizer.eos_token_id,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=pad_id,
+                kus_profile=PROFILE,
             )
         )
         n_params = sum(p.numel() for p in model.parameters())
@@ -497,8 +499,13 @@ def ensure_demo_model(
     templates: RelationTemplates,
     config: DemoModelConfig,
     progress: bool = True,
+    keep_existing: bool = False,
 ) -> DemoModelReport:
     """The demo model in `cache_dir`, built only when the cached one has a different build key.
+
+    With `keep_existing` (the caller knows deltas were computed on the cached model) a cached
+    model with another build key is an error, never replaced: every delta names its base by
+    fingerprint, and replacing the base would break every later refresh and rollback.
 
     A build goes into a temporary sibling directory and is then moved into place, so `cache_dir`
     always holds either the old complete model or the new complete one.
@@ -517,6 +524,13 @@ def ensure_demo_model(
     if cached is not None and cached.build_key == key and (cache_dir / "model.safetensors").is_file():
         log.info("reusing demo model in %s (build key %s)", cache_dir, key[:12])
         return cached
+    if keep_existing and (cache_dir / "model.safetensors").is_file():
+        raise InvalidState(
+            f"the model in {cache_dir} was built with other settings (build key "
+            f"{cached.build_key[:12] if cached else 'unknown'}, asked for {key[:12]}) and deltas were computed on "
+            "it; refusing to replace a base model that deltas depend on. Use another KUS_HOME (or model name) "
+            "for a differently sized demo."
+        )
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.build-", dir=cache_dir.parent))
     try:

@@ -1,0 +1,111 @@
+"""Decoding: what a model answers, greedily, token by token with a KV cache, as `kus ask` serves it.
+
+The one decoding loop of the service (the scorer, the editors' write checks and the demo model
+builder all use it), on the token convention of `infra.encoding`::
+
+    answers = greedy_answers(model, tok, ["The price of Acme X100 is"])   # ['$199']
+
+Prompts are left-padded with explicit attention masks and position ids, so padding does not move
+a prompt's positions; every call runs under ``torch.no_grad()`` in eval mode and restores the
+model's train/eval mode afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from infra.encoding import encode_prompt, left_pad, pad_id
+
+__all__ = ["greedy_answers", "decode_batch", "inference_mode", "model_device"]
+
+
+@contextlib.contextmanager
+def inference_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode + no_grad for the duration; the previous train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _cache_argument(model) -> str:
+    """The forward argument (and output field) holding the KV cache: `cache` in transformers >= 5.2x,
+    `past_key_values` before (the old name now warns on every call)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def decode_batch(
+    model,
+    prompt_rows: Sequence[Sequence[int]],
+    pad: int,
+    eos_id: int | None,
+    max_new_tokens: int,
+    pick: Callable[[torch.Tensor], torch.Tensor],
+) -> list[list[int]]:
+    """Incremental decoding with a KV cache; `pick(logits [b, vocab]) -> [b]` chooses each token.
+
+    Returns each row's generated ids, eos excluded, stopped at the first eos.
+    """
+    device = model_device(model)
+    ids, mask, positions = (t.to(device) for t in left_pad(prompt_rows, pad))
+    batch = ids.shape[0]
+    generated: list[list[int]] = [[] for _ in range(batch)]
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    past = None
+    step_ids, step_pos = ids, positions
+    cache_kwarg = _cache_argument(model)
+    for _ in range(max_new_tokens):
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, **{cache_kwarg: past})
+        past = getattr(out, cache_kwarg)
+        nxt = pick(out.logits[:, -1, :].float())  # [b]
+        if eos_id is not None:
+            done_now = nxt == eos_id
+        else:
+            done_now = torch.zeros_like(done)
+        for i in range(batch):
+            if not done[i] and not done_now[i]:
+                generated[i].append(int(nxt[i]))
+        done = done | done_now
+        if bool(done.all()):
+            break
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        step_ids = nxt[:, None]
+        step_pos = step_pos[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+    return generated
+
+
+def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 64) -> list[str]:
+    """The model's greedy continuation of each prompt, up to eos or `max_new_tokens`, stripped.
+
+    Args:
+        model: a transformers causal LM.
+        tokenizer: its (fast) tokenizer; pad may equal eos.
+        prompts: rendered prompts without trailing space.
+        max_new_tokens: the longest answer generated.
+        batch_size: prompts per forward pass.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    pad, eos_id = pad_id(tokenizer), tokenizer.eos_token_id
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    answers: list[str] = []
+    with inference_mode(model):
+        for start in range(0, len(encoded), batch_size):
+            rows = encoded[start : start + batch_size]
+            gen = decode_batch(model, rows, pad, eos_id, max_new_tokens, lambda logits: logits.argmax(-1))
+            answers.extend(tokenizer.decode(g, skip_special_tokens=True).strip() for g in gen)
+    return answers
+
+
