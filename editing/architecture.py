@@ -65,6 +65,20 @@ def family_of(model: nn.Module) -> str:
     return family
 
 
+#: Config attribute naming a model's own defaults profile (the demo model sets it to "demo").
+PROFILE_ATTRIBUTE = "kus_profile"
+
+
+def profile_of(model: nn.Module) -> str:
+    """Which editor defaults suit `model`: the profile its config names, else its family.
+
+    Defaults tuned on the 4-layer demo model must not reach a real GPT-2, so the demo model
+    carries its own profile in its config.
+    """
+    named = getattr(getattr(model, "config", None), PROFILE_ATTRIBUTE, None)
+    return str(named) if named else family_of(model)
+
+
 def layout_of(model: nn.Module) -> ModelLayout:
     return LAYOUTS[family_of(model)]
 

@@ -7,6 +7,6 @@ from editing.alphaedit.hparams import AlphaEditHParams
 from editing.registry import EditorSpec, register
 
 register(EditorSpec("alphaedit", AlphaEditEditor, AlphaEditHParams, Path(__file__).with_name("defaults.json"),
-                    "MEMIT projected onto the null space of preserved keys, with accumulated edited keys (AlphaEdit)"))
+                    "MEMIT projected onto the null space of preserved keys, with accumulated edited keys (AlphaEdit)", prefers_cumulative=True))
 
 __all__ = ["AlphaEditEditor", "AlphaEditHParams"]

@@ -16,7 +16,7 @@ class AlphaEditHParams:
     `nullspace_relative`, below threshold x the largest eigenvalue; the paper uses 2e-2 absolute).
     `l2`: the α I regulariser of the update. Keys of every edit are accumulated across refreshes
     (`state::alphaedit.keys.<layer>`, a factor of their K K^T), so later batches do not overwrite earlier ones.
-    The other fields are MEMIT's (see `MEMITHParams`).
+    The other fields are MEMIT's (see `MEMITHParams`, also for `reach_nll`).
     """
 
     layers: tuple[int, ...] = (1, 2)
@@ -29,6 +29,7 @@ class AlphaEditHParams:
     kl_factor: float = 0.0625
     v_early_stop_nll: float = 0.05
     v_group_size: int = 0
+    reach_nll: float = 1.0
     nullspace_threshold: float = 2e-2
     nullspace_relative: bool = False
     l2: float = 10.0

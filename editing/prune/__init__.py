@@ -7,6 +7,6 @@ from editing.prune.hparams import PRUNEHParams
 from editing.registry import EditorSpec, register
 
 register(EditorSpec("prune", PRUNEEditor, PRUNEHParams, Path(__file__).with_name("defaults.json"),
-                    "MEMIT or AlphaEdit with the accumulated update's large singular values restrained (PRUNE)"))
+                    "MEMIT or AlphaEdit with the accumulated update's large singular values restrained (PRUNE)", prefers_cumulative=True))
 
 __all__ = ["PRUNEEditor", "PRUNEHParams"]

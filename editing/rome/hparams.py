@@ -15,6 +15,7 @@ class ROMEHParams:
     Within a batch the facts are written one after another (each update accounts for those before
     it); target vectors for the whole batch are optimised together. `mom2_adjustment` uses the key
     second moment C (ridge `mom2_ridge` x mean diagonal) in u = C^{-1} k; without it C = I.
+    A request whose target vector ends above answer NLL `reach_nll` is not written (see `MEMITHParams`).
     """
 
     layer: int = 1
@@ -27,6 +28,7 @@ class ROMEHParams:
     kl_factor: float = 0.0625
     v_early_stop_nll: float = 0.05
     v_group_size: int = 0
+    reach_nll: float = 1.0
     mom2_adjustment: bool = True
     mom2_n_samples: int = 1000
     mom2_ridge: float = 1e-3
