@@ -13,6 +13,8 @@ in `editing.registry._load_builtin`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
@@ -48,10 +50,15 @@ class MemoryBlobCache:
 class EditContext:
     """Everything an editor may use besides the model and the requests; all optional.
 
-    state:        tensors the editor carried out of the previous delta in the chain (sequential editing)
-    cache:        where to keep reusable statistics, keyed by `model_fingerprint`
-    fact_pool:    (prompt, answer) pairs the model knows and must keep, for regularisers and forgetting
-    corpus:       generic text for statistics of the edited layers' keys
+    state:             tensors carried out of the previous deltas in the chain (sequential editing)
+    cache:             where to keep reusable statistics, keyed by `model_fingerprint`
+    fact_pool:         (prompt, answer) pairs the model knows and must keep, for regularisers and forgetting
+    corpus:            generic text (never the held-out text) for key statistics and regularisers
+    model_fingerprint: the *base* model's fingerprint (statistics belong to the base)
+    base_weights:      a context manager under which the model holds the base weights; statistics
+                       cached under `model_fingerprint` are computed inside it (None: the model is the base)
+    from_base:         the model given to `compute` *is* the base model, so per-fact work (target
+                       vectors) may be cached under `model_fingerprint` and reused by later refreshes
     """
 
     state: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -60,6 +67,8 @@ class EditContext:
     corpus: tuple[str, ...] = ()
     model_fingerprint: str = ""
     show_progress: bool = False
+    base_weights: Callable[[], AbstractContextManager[None]] | None = None
+    from_base: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,9 @@ class EditResult:
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     apply_kind: str = "weights"
+    #: requests the editor knows it did not write (index into the requests -> why), e.g. a locate
+    #: editor's target vector that never reached the answer; the service routes them onwards
+    unwritten: dict[int, str] = field(default_factory=dict)
 
 
 class Editor(Protocol):

@@ -99,10 +99,11 @@ class AlphaEditEditor:
         was_training = model.training
         model.eval()
         try:
-            out = spread_update(model, tokenizer, requests, hparams, solve, "alphaedit", after=remember_keys)
+            out = spread_update(model, tokenizer, requests, hparams, solve, "alphaedit", after=remember_keys, context=context)
         finally:
             model.train(was_training)
-        state = {k: v for k, v in context.state.items() if not k.startswith("alphaedit.")} | new_state
+        # nothing written (every target unreached): the carried keys stay as they were
+        state = new_state or {k: v for k, v in context.state.items() if k.startswith("alphaedit.")}
         stats = out.stats | {
             "statistics": describe(moments),
             "null_space_dim": null_dims,
@@ -113,4 +114,4 @@ class AlphaEditEditor:
             "state_bytes": stored_bytes(new_state),
         }
         log.info("alphaedit: %d requests in %.1fs, null-space dims %s", len(requests), stats["seconds"], null_dims)
-        return EditResult(tensors=out.tensors, state=state, stats=stats)
+        return EditResult(tensors=out.tensors, state=state, stats=stats, unwritten=out.unreached)

@@ -46,6 +46,8 @@ def check_common(hp: Any, owner: str) -> None:
         raise InvalidInput(f"{owner}: lowrank must be one of {LOWRANK}, got {hp.lowrank!r}")
     if hp.v_group_size < 0:
         raise InvalidInput(f"{owner}: v_group_size must be >= 0 (0 = all requests at once), got {hp.v_group_size}")
+    if not hp.reach_nll > 0:
+        raise InvalidInput(f"{owner}: reach_nll must be > 0 (inf writes every request), got {hp.reach_nll}")
     if hp.batch_size < 1:
         raise InvalidInput(f"{owner}: batch_size must be >= 1, got {hp.batch_size}")
 

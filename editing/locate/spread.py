@@ -1,6 +1,8 @@
 """MEMIT's layer loop, shared by MEMIT and AlphaEdit: one batch's residual spread over layers.
 
-1. Target block outputs z_i at the last edited layer L, for all requests at once.
+1. Target block outputs z_i at the last edited layer L, for all requests at once (cached per fact
+   when the model is the base itself); requests whose target never reaches its answer
+   (NLL > `reach_nll`) are left out and reported.
 2. For each edited layer l in ascending order: keys K (d0 x n) at l, averaged over context
    prefixes, on the model that already holds this batch's updates of the layers below; current
    block-L outputs H at the plain prompts; residual R = (Z - H) / (layers left, l included);
@@ -25,8 +27,9 @@ from editing.architecture import ModelLayout, layout_of, num_layers
 from editing.locate.context import context_prefixes
 from editing.locate.keys import average_over_prefixes, encode_prompts, read_at_fact_tokens
 from editing.locate.settings import target_settings
-from editing.locate.target_vectors import optimise_targets
+from editing.locate.target_vectors import TargetResult, cached_targets, optimise_targets
 from editing.locate.weights import WeightGuard, add_update_, packed
+from editing.protocol import EditContext
 from infra.domain import EditRequest
 from infra.errors import InvalidInput
 
@@ -39,6 +42,31 @@ Solver = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.T
 class SpreadOutput:
     tensors: dict[str, torch.Tensor]
     stats: dict[str, Any] = field(default_factory=dict)
+    #: requests left out of the update: their target vector never reached its answer (index -> why)
+    unreached: dict[int, str] = field(default_factory=dict)
+
+
+def batch_targets(
+    model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], block_module: str, hp: Any,
+    prefixes: Sequence[str], context: EditContext | None,
+) -> tuple[TargetResult, int]:
+    """Target vectors of the batch: cached per fact when the model is the base itself (a cumulative
+    refresh), else optimised. Returns (targets, how many came from the cache)."""
+    settings = target_settings(hp)
+    if context is not None and context.from_base and context.cache is not None and context.model_fingerprint:
+        return cached_targets(model, tokenizer, requests, block_module, settings, prefixes, context.cache,
+                              context.model_fingerprint)
+    return optimise_targets(model, tokenizer, requests, block_module, settings, prefixes), 0
+
+
+def unreached_requests(targets: TargetResult, reach_nll: float) -> dict[int, str]:
+    """Requests whose target vector still gives the answer a mean NLL above `reach_nll`: no shift
+    of that one hidden state writes them, so solving for them only spends the update on other facts."""
+    return {
+        i: f"target vector reached answer NLL {float(nll):.2f} > reach_nll {reach_nll}"
+        for i, nll in enumerate(targets.nll_last.tolist())
+        if not nll <= reach_nll
+    }
 
 
 def check_layers(model: nn.Module, layers: Sequence[int], owner: str) -> list[int]:
@@ -64,15 +92,28 @@ def spread_update(
     solve: Solver,
     owner: str,
     after: Callable[[nn.Module, list[int], Any], None] | None = None,
+    context: EditContext | None = None,
 ) -> SpreadOutput:
     layout = layout_of(model)
     layers = check_layers(model, hp.layers, owner)
     started = time.perf_counter()
     prefixes = context_prefixes(model, tokenizer, hp.context_templates, seed=hp.seed)
     last_block = layout.block_module(layers[-1])
-    targets = optimise_targets(model, tokenizer, requests, last_block, target_settings(hp), prefixes)
-    z = targets.h_init + targets.delta  # [n, d1]
+    all_targets, from_cache = batch_targets(model, tokenizer, requests, last_block, hp, prefixes, context)
     t_targets = time.perf_counter() - started
+    unreached = unreached_requests(all_targets, hp.reach_nll)
+    kept = [i for i in range(len(requests)) if i not in unreached]
+    base_stats = {"requests": len(requests), "unreached": len(unreached), "targets_from_cache": from_cache,
+                  "target_seconds": round(t_targets, 3), "target_steps": all_targets.steps,
+                  "target_nll_first": float(all_targets.nll_first.mean()),
+                  "target_nll_last": float(all_targets.nll_last.mean())}
+    if not kept:
+        return SpreadOutput({}, base_stats | {"layers": layers}, unreached)
+    index = torch.tensor(kept, dtype=torch.long)
+    targets = TargetResult(all_targets.delta[index.to(all_targets.delta.device)], all_targets.h_init[index.to(all_targets.h_init.device)],
+                           all_targets.nll_first[index], all_targets.nll_last[index], all_targets.steps, all_targets.row_passes)
+    requests = [requests[i] for i in kept]
+    z = targets.h_init + targets.delta  # [n, d1]
 
     prompts = [r.prompt for r in requests]
     subjects = [r.subject for r in requests]
@@ -98,14 +139,5 @@ def spread_update(
             }
         if after is not None:
             after(model, layers, ctx_rows)
-    stats = {
-        "requests": len(requests),
-        "layers": layers,
-        "prefixes": len(prefixes),
-        "target_steps": targets.steps,
-        "target_nll_first": float(targets.nll_first.mean()),
-        "target_nll_last": float(targets.nll_last.mean()),
-        "target_seconds": round(t_targets, 3),
-        "per_layer": per_layer,
-    }
-    return SpreadOutput(tensors, stats)
+    stats = base_stats | {"layers": layers, "prefixes": len(prefixes), "per_layer": per_layer}
+    return SpreadOutput(tensors, stats, unreached)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -25,6 +27,7 @@ from torch import nn
 from editing.architecture import layout_of
 from editing.locate.hooks import capture
 from editing.protocol import BlobCache
+from infra.encoding import encode_text, pad_id, right_pad
 from infra.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -74,19 +77,13 @@ def _accumulate(model: nn.Module, tokenizer: Any, modules: Sequence[str], texts:
     device = next(model.parameters()).device
     sums: dict[str, torch.Tensor] = {}
     tokens = 0
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    encoded = [list(tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]) for t in texts]
+    pad = pad_id(tokenizer)
+    encoded = [encode_text(tokenizer, t, max_length=max_length) for t in texts]
     encoded = [e for e in encoded if e]
     # sort by length so batches carry little padding
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     for start in range(0, len(order), batch_size):
-        rows = [encoded[i] for i in order[start : start + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)] = torch.tensor(row)
-            mask[r, : len(row)] = 1
+        ids, mask = right_pad([encoded[i] for i in order[start : start + batch_size]], pad)
         ids, mask = ids.to(device), mask.to(device)
         with capture(model, modules, kind="input") as seen:
             model(input_ids=ids, attention_mask=mask)
@@ -107,6 +104,7 @@ def second_moments(
     cache: BlobCache | None = None,
     fingerprint: str = "",
     batch_size: int = 64,
+    scope: Callable[[], AbstractContextManager[None]] | None = None,
 ) -> dict[int, LayerMoments]:
     """C = mean of k k^T over every token of the first `n_samples` corpus texts, per layer.
 
@@ -117,6 +115,9 @@ def second_moments(
         n_samples: how many texts to use (fewer if the corpus is shorter).
         cache: where to get and put the statistics; None computes them in memory.
         fingerprint: the base model's sha256 (part of the cache key); required with a cache.
+        scope: entered around the forward passes when something must be computed (the service
+            passes one that puts the base weights in place, so what is cached under the base's
+            fingerprint is the base's, whatever head the model holds).
     """
     texts = corpus_sample(corpus, n_samples)
     if not texts:
@@ -139,7 +140,8 @@ def second_moments(
             missing[layer] = key
     if missing:
         modules = [layout.mlp_out_module(layer) for layer in missing]
-        sums, tokens = _accumulate(model, tokenizer, modules, texts, max_length, batch_size)
+        with (scope or nullcontext)():
+            sums, tokens = _accumulate(model, tokenizer, modules, texts, max_length, batch_size)
         for (layer, key), module in zip(missing.items(), modules):
             mom2 = (sums[module] / max(tokens, 1)).float().cpu().contiguous()
             if cache is not None:
@@ -155,13 +157,12 @@ def describe(moments: dict[int, LayerMoments]) -> dict[str, Any]:
     return {str(layer): {"tokens": m.tokens, "cached": m.from_cache, "key": m.cache_key} for layer, m in moments.items()}
 
 
-
-
 def moments_for(model: nn.Module, tokenizer: Any, layers: Sequence[int], n_samples: int, context: Any) -> dict[int, LayerMoments]:
     """`second_moments` with the corpus, cache and fingerprint of an `EditContext`.
 
     Without a fingerprint in the context the model's own weights are fingerprinted (so a cached
-    statistic always belongs to the weights it was computed on).
+    statistic always belongs to the weights it was computed on); with one, the statistics are
+    computed under the context's `base_weights`, so they are the base's.
     """
     from editing.model_io import weights_fingerprint
 
@@ -170,4 +171,5 @@ def moments_for(model: nn.Module, tokenizer: Any, layers: Sequence[int], n_sampl
     if cache is not None and not fingerprint:
         fingerprint = weights_fingerprint(model)
     corpus = tuple(getattr(context, "corpus", ()) or ())
-    return second_moments(model, tokenizer, layers, corpus, n_samples, cache=cache, fingerprint=fingerprint)
+    return second_moments(model, tokenizer, layers, corpus, n_samples, cache=cache, fingerprint=fingerprint,
+                          scope=getattr(context, "base_weights", None))

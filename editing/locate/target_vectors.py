@@ -7,10 +7,10 @@ over requests of
 
     NLL_i(target_new | prompt rows)  +  kl_factor * KL_i  +  weight_decay * ||δ_i|| / ||h_i||^2
 
-where KL_i keeps the next-token distribution at the fact token of `"{subject} is a"` close to the
-unedited model's (the subject's identity) and h_i is the block output at the fact token of the plain
-prompt. After each Adam step every δ_i is projected into the ball of radius
-`clamp_norm_factor * ||h_i||`. A request whose NLL is below `early_stop_nll` stops (its rows leave
+where KL_i keeps the next-token distribution at the fact token (`fact_token`, as for the prompts)
+of `"{subject} is a"` close to the unedited model's (the subject's identity) and h_i is the block
+output at the fact token of the plain prompt. After each Adam step every δ_i is projected into the
+ball of radius `clamp_norm_factor * ||h_i||`. A request whose NLL is below `early_stop_nll` stops (its rows leave
 the batch, so easy facts cost few passes); the loop ends when every request has stopped::
 
     result = optimise_targets(model, tok, requests, layer_module="transformer.h.3", settings=...)
@@ -19,17 +19,23 @@ the batch, so easy facts cost few passes); the loop ends when every request has 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from editing.locate.hooks import add_at_positions
 from editing.locate.keys import EncodedRows, encode_prompts, first_rows, read_at_fact_tokens
+from editing.protocol import BlobCache
 from infra.domain import EditRequest
+from infra.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,13 @@ def _answer_nll(logits: torch.Tensor, rows: EncodedRows) -> torch.Tensor:
     return nll
 
 
+def essence_rows(tokenizer: Any, requests: Sequence[EditRequest], settings: TargetSettings) -> EncodedRows:
+    """The KL prompts (`settings.kl_prompt`, "{subject} is a"), read at the same fact token the shift
+    is added at, whatever `fact_token` is (ROME and MEMIT look both up the same way)."""
+    prompts = [settings.kl_prompt.format(subject=r.subject) for r in requests]
+    return encode_prompts(tokenizer, prompts, [r.subject for r in requests], settings.fact_token)
+
+
 def optimise_targets(
     model: nn.Module,
     tokenizer: Any,
@@ -101,6 +114,69 @@ def optimise_targets(
     )
 
 
+#: Bump when the optimisation changes in a way the settings do not capture: cached targets go stale.
+TARGETS_FORMAT = 1
+CACHE_PREFIX = "locate-targets"
+
+
+def target_cache_key(fingerprint: str, layer_module: str, settings: TargetSettings, prefixes: Sequence[str], request: EditRequest) -> str:
+    """Where one request's target vector is cached: everything that determines it, hashed.
+
+    Batch and group sizes are left out: a request's vector does not depend on its batch-mates
+    (tests/test_locate_math.py checks batched against one-at-a-time).
+    """
+    recipe = {
+        "format": TARGETS_FORMAT, "module": layer_module, "prefixes": list(prefixes),
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("batch_size", "group_size")},
+        "subject": request.subject, "prompt": request.prompt, "target_new": request.target_new,
+    }
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+    return f"{CACHE_PREFIX}/v{TARGETS_FORMAT}/{fingerprint}/{digest}.safetensors"
+
+
+def cached_targets(
+    model: nn.Module,
+    tokenizer: Any,
+    requests: Sequence[EditRequest],
+    layer_module: str,
+    settings: TargetSettings,
+    prefixes: Sequence[str],
+    cache: BlobCache,
+    fingerprint: str,
+) -> tuple[TargetResult, int]:
+    """`optimise_targets` with every request's vector cached under the model's fingerprint.
+
+    Only for a model that *is* the one `fingerprint` names (a cumulative refresh computes on the
+    base model): then a fact's vector is the same in every refresh, and a refresh optimises only
+    the facts new to the ledger. Returns (the result in request order, how many came from the cache).
+    """
+    if not fingerprint:
+        raise InvalidInput("cached target vectors need the model's fingerprint")
+    keys = [target_cache_key(fingerprint, layer_module, settings, prefixes, r) for r in requests]
+    found: dict[int, dict[str, torch.Tensor]] = {}
+    for i, key in enumerate(keys):
+        blob = cache.get_blob(key)
+        if blob is not None:
+            found[i] = load_safetensors(blob)
+    missing = [i for i in range(len(requests)) if i not in found]
+    steps = row_passes = 0
+    if missing:
+        fresh = optimise_targets(model, tokenizer, [requests[i] for i in missing], layer_module, settings, prefixes)
+        steps, row_passes = fresh.steps, fresh.row_passes
+        for j, i in enumerate(missing):
+            one = {"delta": fresh.delta[j].cpu().contiguous(), "h_init": fresh.h_init[j].cpu().contiguous(),
+                   "nll": torch.stack([fresh.nll_first[j], fresh.nll_last[j]]).float().cpu()}
+            cache.put_blob(keys[i], save_safetensors(one))
+            found[i] = one
+    device = next(model.parameters()).device
+    rows = [found[i] for i in range(len(requests))]
+    result = TargetResult(
+        torch.stack([r["delta"] for r in rows]).float().to(device), torch.stack([r["h_init"] for r in rows]).float().to(device),
+        torch.stack([r["nll"][0] for r in rows]), torch.stack([r["nll"][1] for r in rows]), steps, row_passes,
+    )
+    return result, len(requests) - len(missing)
+
+
 def _optimise_group(
     model: nn.Module,
     tokenizer: Any,
@@ -123,8 +199,7 @@ def _optimise_group(
     kl_rows: EncodedRows | None = None
     kl_ref: torch.Tensor | None = None
     if settings.kl_factor > 0:
-        kl_prompts = [settings.kl_prompt.format(subject=r.subject) for r in requests]
-        kl_rows = encode_prompts(tokenizer, kl_prompts, [r.subject for r in requests], "subject_last").to(device)
+        kl_rows = essence_rows(tokenizer, requests, settings).to(device)
         with torch.no_grad():
             kl_ref = _kl_log_probs(model, kl_rows, settings.batch_size)  # [n, V]
 

@@ -46,7 +46,7 @@ class MEMITEditor:
         was_training = model.training
         model.eval()
         try:
-            out = spread_update(model, tokenizer, requests, hparams, solve, "memit")
+            out = spread_update(model, tokenizer, requests, hparams, solve, "memit", context=context)
         finally:
             model.train(was_training)
         stats = out.stats | {
@@ -56,5 +56,4 @@ class MEMITEditor:
             "stored_bytes": stored_bytes(out.tensors),
         }
         log.info("memit: %d requests in %.1fs", len(requests), stats["seconds"])
-        # MEMIT carries no state of its own; others' state (e.g. AlphaEdit's keys) passes through.
-        return EditResult(tensors=out.tensors, state=dict(context.state), stats=stats)
+        return EditResult(tensors=out.tensors, stats=stats, unwritten=out.unreached)

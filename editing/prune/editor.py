@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from editing.architecture import family_of, layout_of
+from editing.architecture import layout_of
 from editing.prune.core import condition_number, restrain, spectral_norm
 from editing.prune.hparams import PRUNEHParams
 from editing.locate.weights import param, stored_bytes, update_of
@@ -40,13 +40,13 @@ class PRUNEEditor:
         hparams: PRUNEHParams,
         context: EditContext | None = None,
     ) -> EditResult:
-        from editing.registry import get_editor, resolve_hparams
+        from editing.registry import get_editor, hparams_for_model
 
         if not requests:
             raise InvalidInput("prune: no edit requests")
         context = context or EditContext()
         started = time.perf_counter()
-        base_hp = resolve_hparams(hparams.base, family_of(model), hparams.base_overrides)
+        base_hp = hparams_for_model(hparams.base, model, hparams.base_overrides)
         own = {k: v for k, v in context.state.items() if k.startswith("prune.")}
         base_context = dataclasses.replace(context, state={k: v for k, v in context.state.items() if not k.startswith("prune.")})
         base = get_editor(hparams.base).compute(model, tokenizer, requests, base_hp, base_context)
@@ -100,4 +100,4 @@ class PRUNEEditor:
         }
         log.info("prune(%s): %d requests; %s", hparams.base, len(requests),
                  {n: (round(p["cond_raw"], 1), round(p["cond_served"], 1)) for n, p in per_param.items()})
-        return EditResult(tensors=tensors, state=state, stats=stats)
+        return EditResult(tensors=tensors, state=state, stats=stats, unwritten=base.unwritten)

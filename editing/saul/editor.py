@@ -18,15 +18,14 @@ from editing.saul.core import Pair, collate, saul_rows, token_ce_sums
 from editing.saul.hparams import SAULHParams
 from editing.trainable import only_these_trainable
 from infra.domain import EditRequest
+from infra.encoding import encode_pair, encode_text, pad_id
 from infra.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
 
 def _pair(tokenizer: Any, prompt: str, answer: str) -> Pair:
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return list(prompt_ids), list(answer_ids)
+    return encode_pair(tokenizer, prompt, answer, eos=True)
 
 
 def usable_pool(requests: Sequence[EditRequest], pool: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -57,17 +56,22 @@ class SAULEditor:
             log.warning("saul: empty fact pool; training on the edit sentences alone (plain fine-tuning)")
         edits = [_pair(tokenizer, r.prompt, r.target_new) for r in requests]
         pool = [_pair(tokenizer, p, a) for p, a in pool_text]
+        # generic sentences, each a whole document ending with eos: keeps ordinary text as it was
+        corpus = [(ids[:-1], ids[-1:]) for ids in (encode_text(tokenizer, t, eos=True) for t in context.corpus) if len(ids) > 1]
+        if hparams.corpus_share > 0 and not corpus:
+            log.warning("saul: corpus_share > 0 but the context has no generic corpus; augmenting with facts only")
         max_length = int(getattr(getattr(model, "config", None), "n_positions", 0) or
                          getattr(getattr(model, "config", None), "max_position_embeddings", 1024))
         n_augment = round(hparams.augment_ratio * len(requests))
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_id(tokenizer)
         rng = random.Random(hparams.seed)
 
         def loss_fn(net: nn.Module) -> tuple[torch.Tensor, float]:
             # random facts are drawn afresh every step
             rows = saul_rows(edits, pool, rng, concat_facts=hparams.concat_facts, n_augment=n_augment,
-                             augment_whole_sentence=hparams.augment_loss == "full", max_length=max_length)
-            batch = collate(rows, pad_id)
+                             augment_whole_sentence=hparams.augment_loss == "full", max_length=max_length,
+                             corpus=corpus if hparams.corpus_share > 0 else (), corpus_share=hparams.corpus_share)
+            batch = collate(rows, pad)
             edit_sum = torch.zeros((), device=device)
             reg_sum = torch.zeros((), device=device)
             edit_n, reg_n = 0, 0
@@ -107,5 +111,6 @@ class SAULEditor:
         return EditResult(
             tensors=tensors,
             stats={"steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1], "pool_facts": len(pool),
+                   "corpus_texts": len(corpus),
                    "seconds": time.perf_counter() - started},
         )
