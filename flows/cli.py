@@ -107,10 +107,15 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
 
     with service_context(settings) as ctx, ctx.db.session() as session:
         runs = repo.list_runs(session, args.model, limit=args.limit)
-    table = Table("run", "model", "editor", "status", "feed", "started by", "started at", "delta")
+    table = Table("run", "model", "editor", "mode", "status", "feed", "agree changed", "agree unchanged",
+                  "started by", "started at", "delta")
     for run in runs:
-        table.add_row(str(run.id), run.model_name, run.editor, run.status, f"{run.watermark_from}..{run.watermark_to}",
-                      run.started_by, run.started_at.isoformat(timespec="seconds"), (run.delta_sha or "")[:12])
+        metrics = run.metrics or {}
+        after = (metrics.get("agreement") or {}).get("after") or {}
+        table.add_row(str(run.id), run.model_name, run.editor, str(metrics.get("mode", "")), run.status,
+                      f"{run.watermark_from}..{run.watermark_to}", _share(after.get("changed")),
+                      _share(after.get("unchanged")), run.started_by, run.started_at.isoformat(timespec="seconds"),
+                      (run.delta_sha or "")[:12])
     console.print(table)
     return 0
 
@@ -129,6 +134,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"[red]error:[/] {run.error}")
     for rejection in rejections:
         console.print(f"[yellow]rejected change {rejection.change_id}[/]: {rejection.reason}")
+    if run.metrics and run.metrics.get("agreement"):
+        print_agreement(run.metrics)
     if run.validation:
         print_validation(run.validation)
     for approval in approvals:
@@ -234,9 +241,40 @@ def print_validation(validation: dict[str, Any]) -> None:
     table = Table("metric", "observed", "threshold", "result", title="retention validation (Great Expectations)")
     for check in validation.get("checks", []):
         bound = f"{'>=' if check['kind'] == 'min' else '<='} {check['threshold']:.3f}"
-        table.add_row(check["metric"], f"{check['observed']:.3f}", bound,
+        table.add_row(check["metric"], _share(check["observed"]), bound,
                       "[green]pass[/]" if check["success"] else "[red]FAIL[/]")
     console.print(table)
+
+
+def _share(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.3f}"
+
+
+def print_agreement(metrics: dict[str, Any]) -> None:
+    """Catalogue agreement before/after, per relation, with the efficacy of this run's targets
+    beside it and every change the edit did not write, by name."""
+    agreement = metrics["agreement"]
+    before, after = agreement.get("before", {}), agreement.get("after", {})
+    console.print(
+        f"[bold]catalogue agreement[/] ({metrics.get('mode', '?')} edit): changed facts "
+        f"{_share(before.get('changed'))} -> {_share(after.get('changed'))} (n={after.get('n_changed', 0)}), "
+        f"unchanged facts {_share(before.get('unchanged'))} -> {_share(after.get('unchanged'))} "
+        f"(n={after.get('n_unchanged', 0)}), unchanged facts the base knew still right: {_share(after.get('unchanged_kept'))}"
+    )
+    efficacy = metrics.get("efficacy_by_relation") or {}
+    table = Table("relation", "targets", "written", "efficacy", "agree changed", "agree unchanged",
+                  title="by relation (after the edit)")
+    relations = sorted(set(efficacy) | set(after.get("by_relation", {})))
+    for relation in relations:
+        eff = efficacy.get(relation, {})
+        agree = after.get("by_relation", {}).get(relation, {})
+        table.add_row(relation, str(eff.get("n", 0)), str(eff.get("written", 0)), _share(eff.get("efficacy")),
+                      _share(agree.get("changed")), _share(agree.get("unchanged")))
+    console.print(table)
+    for relation, eff in efficacy.items():
+        for item in eff.get("not_written", [])[:10]:
+            console.print(f"[yellow]not written[/] ({relation}): {item['prompt']!r} -> database {item['database']!r}, "
+                          f"model {item['model']!r}")
 
 
 def print_audit(events: Sequence[Any]) -> None:

@@ -49,14 +49,13 @@ def ensure_model(settings: Settings, size: DemoSize = SIZES["demo"]):  # noqa: A
     from infra.demo.model_builder import DemoModelConfig, ensure_demo_model
 
     config = DemoModelConfig.tiny() if size.tiny else DemoModelConfig.demo()
-    return ensure_demo_model(settings.model_path, seed_catalogue(size), templates_for(settings), config, progress=True)
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        has_deltas = repo.count_deltas(session, settings.model_name) > 0
+    return ensure_demo_model(settings.model_path, seed_catalogue(size), templates_for(settings), config,
+                             progress=True, keep_existing=has_deltas)
 
 
 def run_demo(settings: Settings, console: Console, size_name: str = "demo") -> int:
-    from flows.cli import main as cli_main
-    from flows.refresh import catalogue_refresh
-    from infra.demo.changes import next_change_batch
-
     size = SIZES[size_name]
     started = time.perf_counter()
 
@@ -75,7 +74,24 @@ def run_demo(settings: Settings, console: Console, size_name: str = "demo") -> i
     console.print(f"{'cached' if report.reused else 'built'} model at {report.path}: "
                   f"{report.accuracy:.1%} of catalogue facts answered correctly, {report.n_params:,} parameters")
 
-    console.rule("[bold]3. catalogue changes from the ERP")
+    code = 0
+    for refresh in (1, 2):
+        code = max(code, demo_refresh(settings, console, refresh))
+    console.print(f"[bold green]demo finished in {time.perf_counter() - started:.0f} s[/]")
+    return code
+
+
+def demo_refresh(settings: Settings, console: Console, refresh: int) -> int:
+    """One refresh as the catalogue team and the reviewer live it: changes, flow, decision, outcome.
+
+    The reviewer approves only what passed the retention suite (no override); a run that failed it
+    is rejected on the record, its changes stay outstanding for the next refresh.
+    """
+    from flows.cli import main as cli_main
+    from flows.refresh import catalogue_refresh
+    from infra.demo.changes import next_change_batch
+
+    console.rule(f"[bold]3.{refresh} catalogue changes from the ERP")
     with service_context(settings) as ctx, ctx.db.session() as session:
         batch_no = len(repo.list_runs(session, settings.model_name, limit=10_000)) + 1
         batch = next_change_batch(repo.load_facts(session), batch_no)
@@ -86,7 +102,7 @@ def run_demo(settings: Settings, console: Console, size_name: str = "demo") -> i
                                 changed_by="demo-erp")
     console.print(f"batch {batch_no}: {len(changes)} facts changed, plus {len(bad)} malformed rows the refresh must reject")
 
-    console.rule("[bold]4. catalogue-refresh flow")
+    console.rule(f"[bold]4.{refresh} catalogue-refresh flow")
     result = catalogue_refresh(model_name=settings.model_name, editor=settings.default_editor, started_by=CATALOGUE_TEAM)
     run_id = result["run_id"]
     if run_id is None:
@@ -94,32 +110,36 @@ def run_demo(settings: Settings, console: Console, size_name: str = "demo") -> i
         return 1
     console.print(f"run {run_id}: {result['accepted']} changes accepted, {result['rejected']} rejected; awaiting approval")
 
-    console.rule("[bold]5. approval of record (kus approve) and promotion")
-    code = cli_main(["--quiet", "approve", str(run_id), "--reviewer", DEMO_REVIEWER,
-                     "--reason", "demo: validation table reviewed", "--override-validation"])
-    if code != 0:
-        return code
-
-    console.rule("[bold]6. what the live model says now")
+    console.rule(f"[bold]5.{refresh} the reviewer's decision (kus approve / kus reject)")
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        run = repo.get_run(session, run_id)
+    if run.validation and run.validation.get("success"):
+        code = cli_main(["--quiet", "approve", str(run_id), "--reviewer", DEMO_REVIEWER,
+                         "--reason", "demo: retention suite passed, agreement reviewed"])
+    else:
+        failed = [c["metric"] for c in (run.validation or {}).get("checks", []) if not c["success"]]
+        console.print(f"[red]the retention suite failed ({', '.join(failed)}): the reviewer rejects the run[/]")
+        cli_main(["--quiet", "reject", str(run_id), "--reviewer", DEMO_REVIEWER,
+                  "--reason", f"demo: retention suite failed on {', '.join(failed)}"])
+        code = 3
     show_outcome(settings, console, run_id)
-    console.print(f"[bold green]demo finished in {time.perf_counter() - started:.0f} s[/]")
-    return 0
+    return code
 
 
 def show_outcome(settings: Settings, console: Console, run_id: int) -> None:
-    from flows.cli import print_audit, print_validation
+    from flows.cli import print_agreement, print_audit, print_validation
+    from infra.decoding import greedy_answers
     from tasks.live_model import load_live_model
-    from tasks.run_artifacts import get_json, sets_from_json
-    from validation.scoring import greedy_answers
+    from tasks.run_artifacts import load_sets
 
     with service_context(settings) as ctx:
         with ctx.db.session() as session:
             run = repo.get_run(session, run_id)
             rejections = repo.rejections_for(session, run_id)
             parent = repo.get_delta(session, str(run.delta_sha)).parent_sha
-        targets, regression = sets_from_json(get_json(ctx, run_id, "sets.json"))
-        changed = [(t.prompt, t.target_true or "", t.target_new) for t in targets[:6]]
-        unchanged = [(p, a, a) for p, a in regression.unrelated[:4]]
+        sets = load_sets(ctx, run_id)
+        changed = [(t.prompt, t.target_true or "", t.target_new) for t in sets.targets[:6]]
+        unchanged = [(p, a, a) for p, a in sets.regression.unrelated[:4]]
         prompts = [p for p, _, _ in changed + unchanged]
         before_model = load_live_model(ctx, run.model_name, head=parent)
         before = greedy_answers(before_model.model, before_model.tokenizer, prompts)
@@ -131,10 +151,13 @@ def show_outcome(settings: Settings, console: Console, run_id: int) -> None:
 
     for rejection in rejections:
         console.print(f"[yellow]rejected change {rejection.change_id}[/]: {rejection.reason}")
-    table = Table("prompt", "database says", "before", "after", "", title=f"live model, run {run_id}")
+    table = Table("prompt", "database says", "before", "after", "",
+                  title=f"the live model after run {run_id} ({run.status})")
     for (prompt, _old, expected), b, a in zip(changed + unchanged, before, after):
         table.add_row(prompt, expected, b, a, "[green]ok[/]" if a == expected else "[red]wrong[/]")
     console.print(table)
+    if run.metrics and run.metrics.get("agreement"):
+        print_agreement(run.metrics)
     if run.validation:
         print_validation(run.validation)
     print_audit(events[-12:])

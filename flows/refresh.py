@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from editing.registry import get_spec
+from editing.registry import parse_plan, resolve_mode
 from infra import repository as repo
 from infra.audit import append_event
 from infra.context import current_user, service_context
@@ -41,7 +41,7 @@ def catalogue_refresh(
     model_name = model_name or settings.model_name
     editor = editor or settings.default_editor
     started_by = started_by or current_user()
-    get_spec(editor)  # an unknown editor fails before anything is ingested
+    resolve_mode(parse_plan(editor), settings.edit_mode)  # an unknown editor or mode fails before anything is ingested
     outcome = ingest_task(model_name, editor, started_by, str(flow_run.get_id() or ""))
     run_id = outcome["run_id"]
     if run_id is None:

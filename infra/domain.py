@@ -42,6 +42,25 @@ class FactChange:
 
 
 @dataclass(frozen=True)
+class LedgerEntry:
+    """A fact whose accepted value differs from the value the base model was built on.
+
+    `base` is None for a fact that is new since the base model (nothing to overwrite);
+    `change_id` is the feed row that set `value`.
+    """
+
+    subject: str
+    relation: str
+    value: str
+    base: str | None
+    change_id: int
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.subject, self.relation)
+
+
+@dataclass(frozen=True)
 class RelationTemplate:
     """How one relation is asked: a prompt template and paraphrases, each with `{subject}`."""
 

@@ -41,7 +41,7 @@ from infra.db.models import (
     utc,
     utcnow,
 )
-from infra.domain import Fact, FactChange
+from infra.domain import Fact, FactChange, LedgerEntry
 from infra.errors import InvalidInput, InvalidState, NotFound, PermissionDenied
 
 RUN_STATUSES = RUN_STATUS_VALUES  # one list, defined with the table it constrains
@@ -220,6 +220,57 @@ def changes_since(session: Session, after_change_id: int, up_to: int | None = No
     if up_to is not None:
         query = query.where(FactChangeRow.id <= up_to)
     return [_change(r) for r in session.scalars(query.order_by(FactChangeRow.id))]
+
+
+def base_values(session: Session, keys: Iterable[tuple[str, str]] | None = None) -> dict[tuple[str, str], str | None]:
+    """The value each fact held before its first feed row: the catalogue the base model was built on.
+
+    Seeding writes no feed rows, so a fact's first change records its seeded value as `old_object`
+    (None for a fact the feed introduced). Facts never changed are not listed (their current
+    value is their base value). With `keys`, only those facts.
+    """
+    first = (
+        sa.select(FactChangeRow.subject, FactChangeRow.relation, sa.func.min(FactChangeRow.id).label("first_id"))
+        .group_by(FactChangeRow.subject, FactChangeRow.relation)
+        .subquery()
+    )
+    query = sa.select(FactChangeRow.subject, FactChangeRow.relation, FactChangeRow.old_object).join(
+        first, FactChangeRow.id == first.c.first_id
+    )
+    wanted = set(keys) if keys is not None else None
+    out: dict[tuple[str, str], str | None] = {}
+    for subject, relation, old in session.execute(query):
+        if wanted is None or (subject, relation) in wanted:
+            out[(subject, relation)] = old
+    return out
+
+
+def ledger(session: Session, up_to: int | None = None) -> list[LedgerEntry]:
+    """Every fact whose latest *accepted* value (feed rows up to `up_to`, none of them rejected by
+    a refresh's input checks) differs from its base value; ordered by the feed row that set it.
+
+    This is what the live model must say beyond what the base model says, whatever runs were
+    promoted, rejected or rolled back in between: a fact changed back to its base value leaves it.
+    """
+    rejected = sa.select(ChangeRejectionRow.change_id)
+    latest = sa.select(FactChangeRow.subject, FactChangeRow.relation, sa.func.max(FactChangeRow.id).label("last_id")).where(
+        FactChangeRow.id.not_in(rejected)
+    )
+    if up_to is not None:
+        latest = latest.where(FactChangeRow.id <= up_to)
+    latest_q = latest.group_by(FactChangeRow.subject, FactChangeRow.relation).subquery()
+    rows = session.execute(
+        sa.select(FactChangeRow.id, FactChangeRow.subject, FactChangeRow.relation, FactChangeRow.new_object)
+        .join(latest_q, FactChangeRow.id == latest_q.c.last_id)
+        .order_by(FactChangeRow.id)
+    ).all()
+    bases = base_values(session, {(r.subject, r.relation) for r in rows})
+    out = []
+    for change_id, subject, relation, value in rows:
+        base = bases.get((subject, relation))
+        if value != base:
+            out.append(LedgerEntry(subject, relation, value, base, change_id))
+    return out
 
 
 def latest_change_id(session: Session) -> int:
@@ -409,6 +460,11 @@ def get_delta(session: Session, sha256: str) -> DeltaRecord:
     return _delta(row)
 
 
+def count_deltas(session: Session, model_name: str) -> int:
+    """How many deltas were computed for `model_name` (promoted or not): each depends on its base model."""
+    return int(session.scalar(sa.select(sa.func.count()).select_from(DeltaRow).where(DeltaRow.model_name == model_name)) or 0)
+
+
 def delta_chain(session: Session, head_sha: str | None) -> list[DeltaRecord]:
     """The chain ending at `head_sha`: root first, head last ([] for None)."""
     chain: list[DeltaRecord] = []
@@ -582,6 +638,8 @@ __all__: Sequence[str] = (
     "get_fact",
     "changes_since",
     "latest_change_id",
+    "base_values",
+    "ledger",
     "watermark",
     "create_run",
     "get_run",

@@ -7,8 +7,10 @@ Usage::
 
 Env vars: KUS_HOME, KUS_CONFIG, KUS_DATABASE_URL, KUS_DELTA_STORE (file:///dir or s3://bucket/prefix),
 KUS_S3_ENDPOINT_URL, KUS_S3_CHECKSUMS (when_required|when_supported), KUS_MODEL_NAME, KUS_BASE_MODEL,
-KUS_EDITOR, KUS_EDIT_DEPLOYMENT (run the edit step on a work pool), KUS_REVIEWERS (comma separated), KUS_TEMPLATES (relation templates YAML/JSON),
-KUS_HELDOUT_TEXT (one sentence per line, for perplexity drift).
+KUS_EDITOR (an editor or a comma-separated plan), KUS_EDIT_MODE (auto|sequential|cumulative),
+KUS_EDIT_DEPLOYMENT (run the edit step on a work pool), KUS_REVIEWERS (comma separated),
+KUS_TEMPLATES (relation templates YAML/JSON), KUS_HELDOUT_TEXT (one sentence per line, for
+perplexity drift), KUS_STATS_CORPUS (generic text, one per line), KUS_AGREEMENT_SAMPLE.
 """
 
 from __future__ import annotations
@@ -29,7 +31,16 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "unrelated_retention_min": 0.95,
     "perplexity_drift_max": 0.10,
     "fluency_drop_max": 0.10,
+    #: catalogue agreement: changed facts the live model answers with their database value ...
+    "agreement_changed_min": 0.90,
+    #: ... and unchanged facts the base model answered right that it still answers right
+    "unchanged_kept_min": 0.95,
 }
+
+#: How a refresh edits: "sequential" (this run's changes on top of the live model), "cumulative"
+#: (one delta from the base model over every change since it, reusing per-fact work), or "auto"
+#: (cumulative when the first editor of the plan prefers it: the locate-and-edit family).
+EDIT_MODES = ("auto", "sequential", "cumulative")
 
 
 @dataclass(frozen=True)
@@ -45,8 +56,16 @@ class Settings:
     base_model_path: Path | None = None
     templates_path: Path | None = None
     heldout_text_path: Path | None = None
-    #: SAUL: on the demo catalogue it keeps unrelated facts far better than FT-L at equal efficacy.
+    #: The editor plan: one editor, or several comma-separated ("alphaedit,saul"): each later editor
+    #: writes what the ones before it could not. SAUL: on the demo catalogue it writes every change
+    #: and keeps unrelated facts (bench/results/refresh_sequence.md).
     default_editor: str = "saul"
+    edit_mode: str = "auto"
+    #: generic text (one text per line) for key statistics and regularisers; never the held-out text.
+    #: None: the demo's generic catalogue sentences for the demo world, else required by editors that need it.
+    stats_corpus_path: Path | None = None
+    #: unchanged facts sampled (stratified by relation) for catalogue agreement; every changed fact is scored
+    agreement_sample: int = 1000
     #: Prefect deployment that runs the edit step on a GPU work pool ("edit-model/gpu"); None = in process.
     edit_deployment: str | None = None
     reviewers: tuple[str, ...] = ("demo-reviewer",)
@@ -85,6 +104,9 @@ class Settings:
             "KUS_EDITOR": "default_editor",
             "KUS_EDIT_DEPLOYMENT": "edit_deployment",
             "KUS_REVIEWERS": "reviewers",
+            "KUS_EDIT_MODE": "edit_mode",
+            "KUS_STATS_CORPUS": "stats_corpus_path",
+            "KUS_AGREEMENT_SAMPLE": "agreement_sample",
         }
         for var, key in env_map.items():
             if env.get(var):
@@ -111,7 +133,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
-    for key in ("home", "base_model_path", "templates_path", "heldout_text_path"):
+    for key in ("home", "base_model_path", "templates_path", "heldout_text_path", "stats_corpus_path"):
         if isinstance(out.get(key), str):
             out[key] = Path(out[key])
     if isinstance(out.get("reviewers"), str):
@@ -125,6 +147,15 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             raise InvalidInput(f"unknown thresholds {sorted(unknown)}; known: {sorted(DEFAULT_THRESHOLDS)}")
         merged.update({k: float(v) for k, v in out["thresholds"].items()})
         out["thresholds"] = merged
+    if "agreement_sample" in out:
+        try:
+            out["agreement_sample"] = int(out["agreement_sample"])
+        except (TypeError, ValueError):
+            raise InvalidInput(f"agreement_sample must be a whole number, got {out['agreement_sample']!r}") from None
+        if out["agreement_sample"] < 0:
+            raise InvalidInput("agreement_sample must be >= 0")
+    if out.get("edit_mode") is not None and out["edit_mode"] not in EDIT_MODES:
+        raise InvalidInput(f"edit_mode must be one of {EDIT_MODES}, got {out['edit_mode']!r}")
     if out.get("s3_checksums") not in (None, "when_required", "when_supported"):
         raise InvalidInput("s3_checksums must be 'when_required' or 'when_supported'")
     return out

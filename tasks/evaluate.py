@@ -1,11 +1,15 @@
-"""Evaluate: score the live model before and after the run's delta on the target and regression sets."""
+"""Evaluate: score the live model before and after the run's delta on the target and regression
+sets, and measure catalogue agreement (does the model say what the database says?) before and after."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from typing import Any
 
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -13,9 +17,11 @@ from infra import repository as repo
 from infra.audit import append_event
 from infra.context import ServiceContext, service_context
 from infra.errors import InvalidState
-from tasks.live_model import fetch_delta, load_live_model
-from tasks.run_artifacts import get_json, put_json, sets_from_json
-from validation.evaluate import evaluate, retention_table
+from tasks.live_model import BASIS_BASE, LiveModel, fetch_delta, load_live_model
+from tasks.run_artifacts import load_sets, put_json
+from validation.agreement import AgreementAnswers, agreement_answers, agreement_report, agreement_rows
+from validation.evaluate import efficacy_by_relation, evaluate, retention_table
+from validation.sets import AgreementSet
 
 log = logging.getLogger(__name__)
 
@@ -31,30 +37,67 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def base_answers(ctx: ServiceContext, live: LiveModel, agreement: AgreementSet) -> AgreementAnswers:
+    """The base model's answers to the agreement set, cached in the store under the base's
+    fingerprint and the set's prompts (the base never changes, the sample rarely does)."""
+    prompts = json.dumps([[p for p, _, _ in agreement.changed], [p for p, _, _ in agreement.unchanged]]).encode()
+    key = f"agreement-base/v1/{live.base_fingerprint}/{hashlib.sha256(prompts).hexdigest()}.json"
+    cached = ctx.store.get_blob(key)
+    if cached is not None:
+        data = json.loads(cached)
+        return AgreementAnswers(changed=data["changed"], unchanged=data["unchanged"])
+    with live.at_base():
+        answers = agreement_answers(live.model, live.tokenizer, agreement)
+    ctx.store.put_blob(key, json.dumps({"changed": answers.changed, "unchanged": answers.unchanged}).encode())
+    return answers
+
+
 def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
-    """Stores per-item rows and the retention table with the run; returns the table as records."""
+    """Stores per-item rows, the retention table and the agreement report with the run."""
     with ctx.db.session() as session:
         run = repo.get_run(session, run_id)
     if run.delta_sha is None:
         raise InvalidState(f"run {run_id} has no delta to evaluate")
-    targets, regression = sets_from_json(get_json(ctx, run_id, "sets.json"))
-    live = load_live_model(ctx, run.model_name)
-    before = evaluate(live.model, live.tokenizer, targets, regression)
-    applied = fetch_delta(ctx, run.delta_sha).apply(live.model)
+    sets = load_sets(ctx, run_id)
+    live = load_live_model(ctx, run.model_name, head=sets.head)
+    base = base_answers(ctx, live, sets.agreement)
+    before = evaluate(live.model, live.tokenizer, sets.targets, sets.regression)
+    agree_before = agreement_report(sets.agreement, agreement_answers(live.model, live.tokenizer, sets.agreement), base)
+    delta = fetch_delta(ctx, run.delta_sha)
+    if delta.manifest.get("basis") == BASIS_BASE:
+        live.reverted_to_base()  # a cumulative delta replaces the chain: after = base + this delta
+    applied = delta.apply(live.model)
     try:
-        after = evaluate(live.model, live.tokenizer, targets, regression)
+        after = evaluate(live.model, live.tokenizer, sets.targets, sets.regression)
+        agree_after = agreement_report(sets.agreement, agreement_answers(live.model, live.tokenizer, sets.agreement), base)
     finally:
         applied.revert()
     table = retention_table(before, after)
+    table = pd.concat([table, pd.DataFrame(agreement_rows(agree_before, agree_after), columns=table.columns)],
+                      ignore_index=True)
     records = json_safe(table.to_dict(orient="records"))
+    by_relation = efficacy_by_relation(sets.targets, after)
+    agreement = {"before": agree_before.to_json(), "after": agree_after.to_json()}
     put_json(ctx, run_id, "evaluation_rows_before.json", before.rows.to_dict(orient="records"))
     put_json(ctx, run_id, "evaluation_rows_after.json", after.rows.to_dict(orient="records"))
     put_json(ctx, run_id, "retention_table.json", records)
+    put_json(ctx, run_id, "agreement.json", agreement)
+    not_written = {rel: len(e["not_written"]) for rel, e in by_relation.items() if e["not_written"]}
     with ctx.db.session() as session:
         summaries = json_safe({"before": before.summary, "after": after.summary})
-        repo.update_run(session, run_id, metrics={**summaries, "table": records})
-        append_event(session, run.started_by, "evaluate", f"run:{run_id}", {"delta": run.delta_sha, **summaries})
-    log.info("run %s evaluated: %s", run_id, {k: round(v, 3) for k, v in after.summary.items()})
+        repo.update_run(session, run_id, metrics={
+            **summaries, "table": records, "agreement": json_safe(agreement),
+            "efficacy_by_relation": json_safe(by_relation), "mode": sets.mode, "plan": list(sets.plan),
+        })
+        append_event(session, run.started_by, "evaluate", f"run:{run_id}", {
+            "delta": run.delta_sha, **summaries,
+            "agreement_after": json_safe({"changed": agree_after.changed, "unchanged": agree_after.unchanged,
+                                          "unchanged_kept": agree_after.unchanged_kept}),
+            "not_written_by_relation": not_written,
+        })
+    log.info("run %s evaluated: agreement on changed facts %.3f -> %.3f, unchanged %.3f -> %.3f; not written: %s",
+             run_id, agree_before.changed, agree_after.changed, agree_before.unchanged, agree_after.unchanged,
+             not_written or "none")
     return {"table": records}
 
 

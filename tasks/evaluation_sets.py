@@ -1,4 +1,6 @@
-"""Build the run's target set (the accepted changes) and regression set (what must not change)."""
+"""Build the run's sets: the targets (what this refresh changes in the live model), the editor's
+requests (the targets, or in cumulative mode every fact of the ledger), the regression set (what
+must not change) and the catalogue-agreement set (every changed fact and a fixed sample of the rest)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,15 @@ import logging
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from editing.registry import parse_plan, resolve_mode
 from infra import repository as repo
 from infra.audit import append_event
 from infra.context import ServiceContext, service_context
 from infra.errors import InvalidState
 from tasks.catalogue_inputs import heldout_text_for, templates_for
-from tasks.run_artifacts import put_json, sets_to_json
-from validation.sets import build_regression_set, build_target_set
+from tasks.live_model import head_values
+from tasks.run_artifacts import RunSets, put_json
+from validation.sets import build_agreement_set, build_regression_set, ledger_requests, ledger_targets
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +27,31 @@ def build_sets(ctx: ServiceContext, run_id: int) -> str:
     templates = templates_for(ctx.settings)
     with ctx.db.session() as session:
         run = repo.get_run(session, run_id)
-        rejected = {r.change_id for r in repo.rejections_for(session, run_id)}
-        changes = [c for c in repo.changes_since(session, run.watermark_from, run.watermark_to) if c.change_id not in rejected]
+        head = repo.get_head(session, run.model_name)
+        live = head_values(session, head)
+        ledger = repo.ledger(session, run.watermark_to)
+        base = repo.base_values(session, set(live))
         facts = repo.load_facts(session)
-    if not changes:
-        raise InvalidState(f"run {run_id} has no accepted changes to edit")
-    targets = build_target_set(changes, templates)
+    plan = parse_plan(run.editor)
+    mode = resolve_mode(plan, ctx.settings.edit_mode)
+    targets = ledger_targets(ledger, live, base, templates)
+    if not targets:
+        raise InvalidState(f"run {run_id} has nothing to change: the live model says what the database says")
+    requests = ledger_requests(ledger, templates) if mode == "cumulative" else targets
     regression = build_regression_set(facts, targets, templates, heldout_text=heldout_text_for(ctx.settings, facts))
-    key = put_json(ctx, run_id, "sets.json", sets_to_json(targets, regression))
+    agreement = build_agreement_set(facts, ledger, templates, sample_size=ctx.settings.agreement_sample,
+                                    also_changed=targets)
+    sets = RunSets(targets=targets, requests=requests, regression=regression, agreement=agreement,
+                   mode=mode, plan=tuple(plan), head=head)
+    key = put_json(ctx, run_id, "sets.json", sets.to_json())
     with ctx.db.session() as session:
         append_event(session, run.started_by, "build_sets", f"run:{run_id}",
-                     {"targets": len(targets), "neighbourhood": len(regression.neighbourhood),
-                      "unrelated": len(regression.unrelated), "heldout_texts": len(regression.heldout_text)})
-    log.info("run %s: %d targets, %d neighbourhood, %d unrelated", run_id, len(targets),
+                     {"mode": mode, "plan": plan, "head": head, "targets": len(targets), "requests": len(requests),
+                      "ledger": len(ledger), "neighbourhood": len(regression.neighbourhood),
+                      "unrelated": len(regression.unrelated), "heldout_texts": len(regression.heldout_text),
+                      "agreement_changed": len(agreement.changed), "agreement_unchanged": len(agreement.unchanged)})
+    log.info("run %s (%s, %s): %d targets, %d editor requests (ledger %d), %d neighbourhood, %d unrelated",
+             run_id, ",".join(plan), mode, len(targets), len(requests), len(ledger),
              len(regression.neighbourhood), len(regression.unrelated))
     return key
 

@@ -1,4 +1,5 @@
-"""Ingest: read the change feed since the model's watermark, reject bad rows with reasons, open a run."""
+"""Ingest: check the feed rows since the model's watermark (bad rows rejected with reasons) and open a
+run over everything the live model must still learn: the new changes and any outstanding ones."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ from dataclasses import dataclass
 
 import pandas as pd
 from prefect import task
+from sqlalchemy.orm import Session
 
 from infra import repository as repo
 from infra.audit import append_event
 from infra.context import ServiceContext, service_context
+from infra.domain import EditRequest, FactChange, RelationTemplates
 from infra.errors import InvalidState
 from tasks.catalogue_inputs import templates_for
+from tasks.live_model import head_values
 from tasks.retry_policy import retry_transient_only
 from validation.gx_suites import validate_incoming_changes
+from validation.sets import ledger_targets
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +33,23 @@ class IngestOutcome:
     accepted: int
     rejected: int
     message: str
+    #: facts the run will change in the live model (new changes and any still undelivered)
+    outstanding: int = 0
+
+
+def outstanding_targets(session: Session, model_name: str, templates: RelationTemplates, up_to: int) -> list[EditRequest]:
+    """What the live model of `model_name` must still learn: the fact ledger (accepted feed rows up
+    to `up_to`) against what its promoted chain taught it. Rejected or rolled-back runs' changes are
+    outstanding until a promoted delta covers them."""
+    head = repo.get_head(session, model_name)
+    live = head_values(session, head)
+    return ledger_targets(repo.ledger(session, up_to), live, repo.base_values(session, set(live)), templates)
 
 
 def ingest_changes(
     ctx: ServiceContext, model_name: str, editor: str, started_by: str, flow_run_id: str | None = None
 ) -> IngestOutcome:
-    """Open a refresh run over every change after the watermark, or explain why there is none."""
+    """Open a refresh run over every new feed row and every outstanding fact, or explain why there is none."""
     templates = templates_for(ctx.settings)
     with ctx.db.session() as session:
         for stale in repo.open_runs(session, model_name):
@@ -47,34 +63,46 @@ def ingest_changes(
         since = repo.watermark(session, model_name)
         latest = repo.latest_change_id(session)
         changes = repo.changes_since(session, since, latest)
-        if not changes:
-            return IngestOutcome(None, 0, 0, f"no changes after feed position {since}")
+        if not changes and not outstanding_targets(session, model_name, templates, since):
+            return IngestOutcome(None, 0, 0, f"no changes after feed position {since}, and the live model says "
+                                             "what the database says")
         run = repo.create_run(session, model_name, editor, started_by, since, latest, flow_run_id=flow_run_id)
-        frame = pd.DataFrame(
-            {
-                "change_id": [c.change_id for c in changes],
-                "subject": [c.subject for c in changes],
-                "relation": [c.relation for c in changes],
-                "old_object": [c.old_object for c in changes],
-                "new_object": [c.new_object for c in changes],
-                "changed_at": [c.changed_at for c in changes],
-            }
-        )
-        report = validate_incoming_changes(frame, templates.relations())
-        repo.record_rejections(session, run.id, [repo.Rejection(cid, reason) for cid, reason in report.rejections])
+        accepted, rejections = _check_incoming(changes, templates)
+        repo.record_rejections(session, run.id, [repo.Rejection(cid, reason) for cid, reason in rejections])
+        targets = outstanding_targets(session, model_name, templates, latest)
         append_event(
             session, started_by, "ingest", f"run:{run.id}",
             {"model": model_name, "editor": editor, "feed_from": since, "feed_to": latest,
-             "changes": len(changes), "accepted": len(report.accepted_ids), "rejected": len(report.rejections),
-             "rejections": [{"change_id": cid, "reason": reason} for cid, reason in report.rejections]},
+             "changes": len(changes), "accepted": len(accepted), "rejected": len(rejections),
+             "outstanding": len(targets),
+             "rejections": [{"change_id": cid, "reason": reason} for cid, reason in rejections]},
         )
-        if not report.accepted_ids:
-            repo.update_run(session, run.id, status="failed", error="every incoming change was rejected")
-            append_event(session, started_by, "run_failed", f"run:{run.id}", {"reason": "every incoming change was rejected"})
-        log.info("run %s: %d changes, %d accepted, %d rejected", run.id, len(changes),
-                 len(report.accepted_ids), len(report.rejections))
-        return IngestOutcome(run.id if report.accepted_ids else None, len(report.accepted_ids),
-                             len(report.rejections), f"run {run.id}")
+        if not targets:
+            reason = ("every incoming change was rejected" if changes and not accepted
+                      else "the accepted changes leave every fact as the live model already says it")
+            repo.update_run(session, run.id, status="failed", error=reason)
+            append_event(session, started_by, "run_failed", f"run:{run.id}", {"reason": reason})
+        log.info("run %s: %d new changes, %d accepted, %d rejected; %d facts to change in the live model",
+                 run.id, len(changes), len(accepted), len(rejections), len(targets))
+        return IngestOutcome(run.id if targets else None, len(accepted), len(rejections), f"run {run.id}", len(targets))
+
+
+def _check_incoming(changes: list[FactChange], templates: RelationTemplates) -> tuple[list[int], list[tuple[int, str]]]:
+    """(accepted change ids, (change id, reason) per rejected row), by the GX input suite."""
+    if not changes:
+        return [], []
+    frame = pd.DataFrame(
+        {
+            "change_id": [c.change_id for c in changes],
+            "subject": [c.subject for c in changes],
+            "relation": [c.relation for c in changes],
+            "old_object": [c.old_object for c in changes],
+            "new_object": [c.new_object for c in changes],
+            "changed_at": [c.changed_at for c in changes],
+        }
+    )
+    report = validate_incoming_changes(frame, templates.relations())
+    return report.accepted_ids, report.rejections
 
 
 @task(name="ingest-changes", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_transient_only)

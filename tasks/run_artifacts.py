@@ -6,13 +6,13 @@ Keeping them in the store, not on a local disk, lets the edit step run on anothe
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from infra.context import ServiceContext
 from infra.domain import EditRequest
 from infra.errors import NotFound
-from validation.sets import RegressionSet
+from validation.sets import AgreementSet, RegressionSet
 
 
 def artifact_key(run_id: int, name: str) -> str:
@@ -32,19 +32,73 @@ def get_json(ctx: ServiceContext, run_id: int, name: str) -> Any:
     return json.loads(data)
 
 
+@dataclass(frozen=True)
+class RunSets:
+    """Everything a run's edit and evaluation read, written once by the sets step.
+
+    targets:    what this refresh changes in the live model (scored for efficacy)
+    requests:   what the editors are asked to write: the targets (sequential mode) or every
+                ledger fact, from the base model (cumulative mode)
+    regression: what must not change; agreement: the catalogue facts compared with the database
+    mode, plan: "sequential" | "cumulative", and the editors in the order they are tried
+    head:       the promoted head the sets were built against (the delta's parent)
+    """
+
+    targets: list[EditRequest]
+    requests: list[EditRequest]
+    regression: RegressionSet
+    agreement: AgreementSet
+    mode: str
+    plan: tuple[str, ...]
+    head: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "targets": [asdict(t) for t in self.targets],
+            "requests": [asdict(t) for t in self.requests],
+            "regression": asdict(self.regression),
+            "agreement": {"changed": [list(x) for x in self.agreement.changed],
+                          "unchanged": [list(x) for x in self.agreement.unchanged]},
+            "mode": self.mode,
+            "plan": list(self.plan),
+            "head": self.head,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RunSets":
+        targets, regression = sets_from_json(data)
+        agreement = data.get("agreement", {})
+        return cls(
+            targets=targets,
+            requests=[_request(t) for t in data.get("requests", data["targets"])],
+            regression=regression,
+            agreement=AgreementSet(changed=tuple(tuple(x) for x in agreement.get("changed", ())),
+                                   unchanged=tuple(tuple(x) for x in agreement.get("unchanged", ()))),
+            mode=str(data.get("mode", "sequential")),
+            plan=tuple(data.get("plan", ())),
+            head=data.get("head"),
+        )
+
+
+def load_sets(ctx: ServiceContext, run_id: int) -> RunSets:
+    return RunSets.from_json(get_json(ctx, run_id, "sets.json"))
+
+
+def _request(t: dict[str, Any]) -> EditRequest:
+    return EditRequest(
+        subject=t["subject"], relation=t["relation"], prompt=t["prompt"], target_new=t["target_new"],
+        target_true=t.get("target_true"), paraphrases=tuple(t.get("paraphrases", ())),
+        neighbours=tuple(tuple(n) for n in t.get("neighbours", ())),
+    )
+
+
 def sets_to_json(targets: list[EditRequest], regression: RegressionSet) -> dict[str, Any]:
     return {"targets": [asdict(t) for t in targets], "regression": asdict(regression)}
 
 
 def sets_from_json(data: dict[str, Any]) -> tuple[list[EditRequest], RegressionSet]:
-    targets = [
-        EditRequest(
-            subject=t["subject"], relation=t["relation"], prompt=t["prompt"], target_new=t["target_new"],
-            target_true=t.get("target_true"), paraphrases=tuple(t.get("paraphrases", ())),
-            neighbours=tuple(tuple(n) for n in t.get("neighbours", ())),
-        )
-        for t in data["targets"]
-    ]
+    """(targets, regression) of a sets file; files written before `RunSets` read the same way."""
+    targets = [_request(t) for t in data["targets"]]
     reg = data["regression"]
     regression = RegressionSet(
         neighbourhood=tuple(tuple(x) for x in reg["neighbourhood"]),

@@ -231,3 +231,22 @@ def _relative_drop(before: float, after: float) -> float:
     if before == 0:
         return 0.0  # entropy cannot fall below 0
     return (before - after) / before
+
+
+def efficacy_by_relation(targets: Sequence[EditRequest], evaluation: Evaluation) -> dict[str, dict]:
+    """Per relation: the share of targets whose greedy answer is the new value, and the targets that
+    are not (prompt, new value, the model's answer): no change goes unwritten without a name."""
+    rows = evaluation.rows.loc[evaluation.rows["kind"] == "target"].reset_index(drop=True)
+    if len(rows) != len(targets):
+        raise InvalidInput("the evaluation scored a different target set")
+    out: dict[str, dict] = {}
+    for target, (_, row) in zip(targets, rows.iterrows()):
+        entry = out.setdefault(target.relation, {"n": 0, "written": 0, "not_written": []})
+        entry["n"] += 1
+        if bool(row["gen_correct"]):
+            entry["written"] += 1
+        else:
+            entry["not_written"].append({"prompt": target.prompt, "database": target.target_new, "model": row["greedy"]})
+    for entry in out.values():
+        entry["efficacy"] = entry["written"] / entry["n"]
+    return dict(sorted(out.items()))

@@ -49,6 +49,8 @@ RETENTION_CHECKS: dict[str, tuple[tuple[str, str], ...]] = {
     "unrelated_retention_min": (("unrelated_unchanged", "min"),),
     "perplexity_drift_max": (("perplexity_drift", "max"),),
     "fluency_drop_max": (("fluency_drop", "max"),),
+    "agreement_changed_min": (("agreement_changed", "min"),),
+    "unchanged_kept_min": (("unchanged_kept", "min"),),
 }
 
 

@@ -2,8 +2,10 @@
 
 Usage::
 
-    targets = build_target_set(changes, templates)            # one EditRequest per (subject, relation)
+    targets = ledger_targets(ledger, live_values, base_values, templates)   # what this refresh changes
+    requests = ledger_requests(ledger, templates)          # every edit since the base (cumulative mode)
     regression = build_regression_set(facts, targets, templates, heldout_text=texts, seed=0)
+    agreement = build_agreement_set(facts, ledger, templates, sample_size=1000, seed=0)
 
 The regression set never contains a (subject, relation) being edited, and is a pure function of
 its arguments (the same facts, targets and seed give the same set, whatever the facts' order).
@@ -11,15 +13,24 @@ its arguments (the same facts, targets and seed give the same set, whatever the 
 
 from __future__ import annotations
 
+import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from infra.domain import EditRequest, Fact, FactChange, RelationTemplates
+from infra.domain import EditRequest, Fact, FactChange, LedgerEntry, RelationTemplates
 from infra.errors import InvalidInput
 
-__all__ = ["RegressionSet", "build_target_set", "build_regression_set"]
+__all__ = [
+    "RegressionSet",
+    "AgreementSet",
+    "build_target_set",
+    "ledger_targets",
+    "ledger_requests",
+    "build_regression_set",
+    "build_agreement_set",
+]
 
 #: Words of a held-out text used as a generation prompt (see :func:`build_regression_set`).
 _HELDOUT_PROMPT_WORDS = 6
@@ -85,6 +96,50 @@ def build_target_set(changes: Sequence[FactChange], templates: RelationTemplates
             )
         )
     return requests
+
+
+def _request(subject: str, relation: str, new: str, old: str | None, templates: RelationTemplates) -> EditRequest:
+    if relation not in templates:
+        raise InvalidInput(f"relation {relation!r} of {subject!r} has no template; known: {templates.relations()}")
+    template = templates[relation]
+    return EditRequest(subject=subject, relation=relation, prompt=template.render(subject), target_new=new,
+                       target_true=old, paraphrases=template.render_paraphrases(subject))
+
+
+def ledger_targets(
+    ledger: Sequence[LedgerEntry],
+    live: Mapping[tuple[str, str], str],
+    base: Mapping[tuple[str, str], str | None],
+    templates: RelationTemplates,
+) -> list[EditRequest]:
+    """What a refresh must change in the live model, one request per fact, in feed order.
+
+    The live model says `live[key]` for a fact its deltas taught it, else the base value. Every
+    fact whose database value (its ledger value, or its base value when it is not in the ledger)
+    differs from that is a target: new changes, changes a rejected or rolled-back run never
+    delivered, and facts changed back to their base value (`base` must hold those keys) alike.
+    ``target_true`` is what the live model says now.
+    """
+    targets: list[EditRequest] = []
+    in_ledger = {entry.key for entry in ledger}
+    for entry in ledger:
+        says = live.get(entry.key, entry.base)
+        if says != entry.value:
+            targets.append(_request(entry.subject, entry.relation, entry.value, says, templates))
+    for key, says in sorted(live.items()):
+        if key in in_ledger:
+            continue
+        if key not in base:
+            raise InvalidInput(f"the live model was edited on {key} but its base value is unknown")
+        original = base[key]
+        if original is not None and says != original:
+            targets.append(_request(key[0], key[1], original, says, templates))
+    return targets
+
+
+def ledger_requests(ledger: Sequence[LedgerEntry], templates: RelationTemplates) -> list[EditRequest]:
+    """Every ledger fact as an edit of the base model (``target_true`` = the base value)."""
+    return [_request(e.subject, e.relation, e.value, e.base, templates) for e in ledger]
 
 
 def build_regression_set(
@@ -173,6 +228,65 @@ def build_regression_set(
         heldout_text=tuple(heldout_text),
         generation_prompts=tuple(generation),
     )
+
+
+@dataclass(frozen=True)
+class AgreementSet:
+    """Catalogue facts whose greedy answers are compared with the database: (prompt, value, relation).
+
+    `changed`: every ledger fact (its value differs from what the base model was built on);
+    `unchanged`: a fixed, seeded sample of the facts that still hold their base value.
+    """
+
+    changed: tuple[tuple[str, str, str], ...]
+    unchanged: tuple[tuple[str, str, str], ...]
+
+
+def _sample_rank(seed: int, subject: str, relation: str) -> str:
+    return hashlib.sha256(f"{seed}|{subject}|{relation}".encode()).hexdigest()
+
+
+def build_agreement_set(
+    facts: Sequence[Fact],
+    ledger: Sequence[LedgerEntry],
+    templates: RelationTemplates,
+    sample_size: int = 1000,
+    seed: int = 0,
+    also_changed: Sequence[EditRequest] = (),
+) -> AgreementSet:
+    """Every changed fact, and up to `sample_size` unchanged ones stratified by relation.
+
+    `also_changed`: facts a refresh changes that are not in the ledger (changed back to their base
+    value); they count as changed facts of this refresh, with their new value.
+
+    The unchanged sample is fixed for a seed: facts are ranked by a hash of (seed, subject,
+    relation) within their relation, and each relation contributes its share of `sample_size`
+    (by its size in the catalogue) from the top of its ranking, skipping facts now in the ledger.
+    So the same facts are sampled refresh after refresh, and a product added later changes the
+    sample only where it ranks.
+    """
+    if sample_size < 0:
+        raise InvalidInput(f"sample_size must be >= 0, got {sample_size}")
+    changed_keys = {e.key for e in ledger}
+    changed = tuple(
+        (templates[e.relation].render(e.subject), e.value, e.relation) for e in ledger if e.relation in templates
+    ) + tuple(
+        (r.prompt, r.target_new, r.relation) for r in also_changed if (r.subject, r.relation) not in changed_keys
+    )
+    changed_keys |= {(r.subject, r.relation) for r in also_changed}
+    by_relation: dict[str, list[Fact]] = {}
+    for fact in facts:
+        if fact.relation in templates:
+            by_relation.setdefault(fact.relation, []).append(fact)
+    total = sum(len(v) for v in by_relation.values())
+    unchanged: list[tuple[str, str, str]] = []
+    for relation in sorted(by_relation):
+        members = by_relation[relation]
+        share = len(members) if sample_size >= total else round(sample_size * len(members) / max(total, 1))
+        ranked = sorted(members, key=lambda f: _sample_rank(seed, f.subject, f.relation))
+        picked = [f for f in ranked[:share] if (f.subject, f.relation) not in changed_keys]
+        unchanged.extend((templates[relation].render(f.subject), f.object, relation) for f in picked)
+    return AgreementSet(changed=changed, unchanged=tuple(unchanged))
 
 
 def _stamp(fact: Fact) -> float:

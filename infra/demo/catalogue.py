@@ -73,6 +73,18 @@ MANUFACTURERS: tuple[str, ...] = (
     "Dunfield", "Arkona", "Quillon", "Sorvane", "Pellagio", "Marrick & Hale",
 )
 
+# New manufacturer names (a rename in a change batch) are a head + a tail (+ a suffix); see changes.py.
+RENAME_HEADS: tuple[str, ...] = ("Hal", "Dor", "Gren", "Mal", "Ster", "Cor", "Wes", "Brum", "Ty", "Fen")
+RENAME_TAILS: tuple[str, ...] = ("ford", "wick", "mont", "ley", "gard", "holm", "by", "stead")
+# Other companies the generic text mentions: each shares one syllable with possible new names but is
+# never one of them, so the model knows the word pieces a rename uses (as a real LLM's tokenizer
+# and embeddings would) without ever having seen the new name itself.
+_OTHER_HEADS = ("Kel", "Ash", "Bel", "Nor", "Ridge", "Lin")
+_OTHER_TAILS = ("vale", "ton", "port", "more", "dale", "field")
+OTHER_COMPANIES: tuple[str, ...] = tuple(
+    [h + t for h in RENAME_HEADS for t in _OTHER_TAILS] + [h + t for h in _OTHER_HEADS for t in RENAME_TAILS]
+)
+
 # Product lines are built from their own syllables, disjoint from every manufacturer's name.
 _LINE_HEADS = ("Zen", "Lu", "Bri", "Ka", "Vo", "Tri", "Sol", "Mi", "Ora", "Pax", "Nu", "Fle", "Ve", "Ax", "Ro")
 _LINE_TAILS = ("tra", "mo", "sa", "lo", "nix", "ra", "ta", "vo", "lia", "on")
@@ -164,6 +176,9 @@ _GENERIC_GRAMMAR: tuple[str, ...] = (
     "Prices in the {category} section are shown in dollars and include tax.",
     "Returns of a {type} are accepted within thirty days of purchase.",
     "A {type} made in {country} is shipped to the warehouse by sea.",
+    "The company {company} sells {colour} {type} models in {country}.",
+    "Retailers list {company} next to other {category} suppliers.",
+    "{company} opened a new warehouse in {country} this year.",
 )
 
 
@@ -180,6 +195,7 @@ def _catalogue_vocabulary(facts: Sequence[Fact]) -> dict[str, list[str]]:
         "colour": sorted(by_rel.get("colour", set())) or list(COLOURS),
         "country": sorted(by_rel.get("country_of_origin", set())) or list(COUNTRIES),
         "warranty": sorted(by_rel.get("warranty", set())) or list(WARRANTY_TERMS),
+        "company": list(OTHER_COMPANIES),
     }
 
 

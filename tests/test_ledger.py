@@ -1,0 +1,106 @@
+"""The fact ledger: what the live model must say beyond the base, on real SQLite and PostgreSQL.
+
+A refresh edits toward the ledger, not toward the feed rows since the last run, so a change that a
+rejected, failed or rolled-back run did not deliver stays outstanding, a fact changed twice is
+edited to its latest value, and a fact changed back to its base value leaves the ledger (and is
+edited back where the live model had learnt the interim value).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra import repository as repo
+from infra.context import service_context
+from infra.db import Database
+from infra.demo.catalogue import demo_templates_path, generate_catalogue
+from infra.domain import Fact, LedgerEntry
+from infra.fact_import import load_templates
+from infra.settings import Settings
+from tasks.ingest import ingest_changes, outstanding_targets
+from validation.sets import build_agreement_set, ledger_requests, ledger_targets
+
+TEMPLATES = load_templates(demo_templates_path())
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+def _price(facts: list[Fact], i: int) -> Fact:
+    return [f for f in facts if f.relation == "price"][i]
+
+
+def test_ledger_is_the_latest_accepted_value_against_the_base(db: Database) -> None:
+    facts = generate_catalogue(n_products=5)
+    a, b, c = _price(facts, 0), _price(facts, 1), _price(facts, 2)
+    with db.session() as session:
+        repo.seed_facts(session, facts)
+        repo.upsert_facts(session, [Fact(a.subject, "price", "$1"), Fact(b.subject, "price", "$2"),
+                                    Fact(c.subject, "price", "$3")], changed_by="erp")
+        repo.upsert_facts(session, [Fact(a.subject, "price", "$11"),      # changed twice: latest wins
+                                    Fact(b.subject, "price", b.object)],  # changed back to its base value
+                          changed_by="erp")
+        bad = repo.upsert_facts(session, [Fact(c.subject, "price", "")], changed_by="erp")
+        run = repo.create_run(session, "demo", "saul", "bot", 0, repo.latest_change_id(session))
+        repo.record_rejections(session, run.id, [repo.Rejection(bad[0].change_id, "empty")])
+        ledger = repo.ledger(session)
+        base = repo.base_values(session)
+    assert [(e.subject, e.value, e.base) for e in ledger] == [(c.subject, "$3", c.object), (a.subject, "$11", a.object)]
+    assert base[(b.subject, "price")] == b.object  # the value the base model was built on
+
+
+def test_targets_diff_the_ledger_against_what_the_live_model_was_taught() -> None:
+    ledger = [LedgerEntry("Axta Kettle K1", "price", "$11", "$9", 5)]
+    live = {("Axta Kettle K1", "price"): "$10", ("Brio Toaster T2", "price"): "$20"}
+    base = {("Axta Kettle K1", "price"): "$9", ("Brio Toaster T2", "price"): "$15"}
+    targets = ledger_targets(ledger, live, base, TEMPLATES)
+    # the newer value of an edited fact, and the base value of a fact changed back after its edit
+    assert [(t.subject, t.target_new, t.target_true) for t in targets] == [
+        ("Axta Kettle K1", "$11", "$10"), ("Brio Toaster T2", "$15", "$20")]
+    assert ledger_targets(ledger, {("Axta Kettle K1", "price"): "$11"}, base, TEMPLATES) == []
+    # cumulative mode asks the editor for every ledger fact, from the base
+    assert [(r.target_new, r.target_true) for r in ledger_requests(ledger, TEMPLATES)] == [("$11", "$9")]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_changes_of_a_failed_or_rejected_run_stay_outstanding(db_url: str, tmp_path: Path) -> None:
+    """No new feed rows, but the live model still disagrees with the database: a new run opens."""
+    settings = Settings.load(home=tmp_path, database_url=db_url)
+    facts = generate_catalogue(n_products=5)
+    with service_context(settings) as ctx:
+        with ctx.db.session() as session:
+            repo.seed_facts(session, facts)
+            repo.upsert_facts(session, [Fact(_price(facts, 0).subject, "price", "$1")], changed_by="erp")
+        first = ingest_changes(ctx, "demo", "saul", "bot")
+        assert first.run_id is not None and first.outstanding == 1
+        with ctx.db.session() as session:
+            repo.update_run(session, first.run_id, status="failed", error="reviewer said no")
+        again = ingest_changes(ctx, "demo", "saul", "bot")
+        assert again.run_id is not None and again.run_id != first.run_id and again.outstanding == 1
+        with ctx.db.session() as session:
+            targets = outstanding_targets(session, "demo", TEMPLATES, repo.latest_change_id(session))
+        assert [(t.subject, t.target_new) for t in targets] == [(_price(facts, 0).subject, "$1")]
+
+
+def test_agreement_sample_is_fixed_stratified_and_excludes_changed_facts() -> None:
+    facts = generate_catalogue(n_products=40)
+    ledger = [LedgerEntry(_price(facts, 0).subject, "price", "$1", _price(facts, 0).object, 1)]
+    one = build_agreement_set(facts, ledger, TEMPLATES, sample_size=60, seed=3)
+    shuffled = build_agreement_set(list(reversed(facts)), ledger, TEMPLATES, sample_size=60, seed=3)
+    assert one == shuffled  # independent of the catalogue's order
+    assert one.changed == ((TEMPLATES["price"].render(_price(facts, 0).subject), "$1", "price"),)
+    assert (TEMPLATES["price"].render(_price(facts, 0).subject), _price(facts, 0).object, "price") not in one.unchanged
+    by_relation: dict[str, int] = {}
+    for _, _, relation in one.unchanged:
+        by_relation[relation] = by_relation.get(relation, 0) + 1
+    assert set(by_relation) == {f.relation for f in facts}  # every relation has its share
+    assert max(by_relation.values()) - min(by_relation.values()) <= 1
+    assert build_agreement_set(facts, ledger, TEMPLATES, sample_size=60, seed=4) != one

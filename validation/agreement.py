@@ -1,0 +1,112 @@
+"""Catalogue agreement: does the model say what the database says?
+
+The number a catalogue team cares about. For an `AgreementSet` (every changed fact and a fixed
+sample of unchanged ones) it is the share of facts whose greedy answer equals the database value,
+reported separately for changed and unchanged facts, and per relation::
+
+    answers = agreement_answers(model, tokenizer, agreement)
+    report = agreement_report(agreement, answers, base_answers)
+    report.changed, report.unchanged, report.unchanged_kept
+
+`unchanged_kept` is the share of unchanged facts the *base* model answered right that the model
+still answers right: what editing broke, without counting what the base never knew.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from infra.decoding import greedy_answers
+from validation.sets import AgreementSet
+
+#: Rows of the retention table (metric, before, after, change) the agreement adds.
+AGREEMENT_METRICS = ("agreement_changed", "agreement_unchanged", "unchanged_kept")
+#: Disagreeing changed facts listed in a report (the counts are always complete).
+MAX_LISTED = 50
+
+
+@dataclass(frozen=True)
+class AgreementAnswers:
+    changed: list[str]
+    unchanged: list[str]
+
+
+@dataclass(frozen=True)
+class AgreementReport:
+    changed: float
+    unchanged: float
+    unchanged_kept: float
+    n_changed: int
+    n_unchanged: int
+    #: relation -> {"changed": share, "n_changed": n, "unchanged": share, "n_unchanged": n}
+    by_relation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: changed facts the model does not say: {"prompt", "relation", "database", "model"}
+    wrong_changed: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        def clean(x: float) -> float | None:
+            return None if isinstance(x, float) and math.isnan(x) else x
+
+        return {
+            "changed": clean(self.changed), "unchanged": clean(self.unchanged),
+            "unchanged_kept": clean(self.unchanged_kept), "n_changed": self.n_changed,
+            "n_unchanged": self.n_unchanged,
+            "by_relation": {r: {k: clean(v) for k, v in d.items()} for r, d in self.by_relation.items()},
+            "wrong_changed": self.wrong_changed[:MAX_LISTED],
+        }
+
+
+def agreement_answers(model: Any, tokenizer: Any, agreement: AgreementSet, batch_size: int = 64) -> AgreementAnswers:
+    """Greedy answers to every prompt of the set (one batched pass)."""
+    prompts = [p for p, _, _ in agreement.changed] + [p for p, _, _ in agreement.unchanged]
+    answers = greedy_answers(model, tokenizer, prompts, batch_size=batch_size)
+    n = len(agreement.changed)
+    return AgreementAnswers(changed=answers[:n], unchanged=answers[n:])
+
+
+def _share(hits: Sequence[bool]) -> float:
+    return float(sum(hits) / len(hits)) if hits else math.nan
+
+
+def agreement_report(agreement: AgreementSet, answers: AgreementAnswers, base: AgreementAnswers | None = None) -> AgreementReport:
+    """Agreement of `answers` with the database values; `base` (the base model's answers to the
+    same set) gives `unchanged_kept` (NaN without it, or when the base knew none of them)."""
+    changed_hits = [a == value for a, (_, value, _) in zip(answers.changed, agreement.changed)]
+    unchanged_hits = [a == value for a, (_, value, _) in zip(answers.unchanged, agreement.unchanged)]
+    kept = math.nan
+    if base is not None:
+        known = [hit for hit, b, (_, value, _) in zip(unchanged_hits, base.unchanged, agreement.unchanged) if b == value]
+        kept = _share(known)
+    by_relation: dict[str, dict[str, Any]] = {}
+    for kind, items, hits in (("changed", agreement.changed, changed_hits), ("unchanged", agreement.unchanged, unchanged_hits)):
+        grouped: dict[str, list[bool]] = {}
+        for (_, _, relation), hit in zip(items, hits):
+            grouped.setdefault(relation, []).append(hit)
+        for relation, rel_hits in grouped.items():
+            entry = by_relation.setdefault(relation, {})
+            entry[kind] = _share(rel_hits)
+            entry[f"n_{kind}"] = len(rel_hits)
+    wrong = [
+        {"prompt": prompt, "relation": relation, "database": value, "model": answer}
+        for (prompt, value, relation), answer, hit in zip(agreement.changed, answers.changed, changed_hits) if not hit
+    ]
+    return AgreementReport(
+        changed=_share(changed_hits), unchanged=_share(unchanged_hits), unchanged_kept=kept,
+        n_changed=len(changed_hits), n_unchanged=len(unchanged_hits),
+        by_relation=dict(sorted(by_relation.items())), wrong_changed=wrong,
+    )
+
+
+def agreement_rows(before: AgreementReport, after: AgreementReport) -> list[tuple[str, float, float, float]]:
+    """Retention-table rows (metric, before, after, after - before) for the agreement metrics."""
+    rows = []
+    for metric, b, a in (
+        ("agreement_changed", before.changed, after.changed),
+        ("agreement_unchanged", before.unchanged, after.unchanged),
+        ("unchanged_kept", before.unchanged_kept, after.unchanged_kept),
+    ):
+        rows.append((metric, float(b), float(a), float(a) - float(b)))
+    return rows
