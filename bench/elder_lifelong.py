@@ -93,7 +93,7 @@ def run(method: str, model_dir: Path, n: int, checkpoints: list[int], seed: int,
     locality_set = random.Random(seed).sample(keep, min(200, len(keep) // 2))
     context_pool = tuple(pair for pair in keep if pair not in set(locality_set))
     corpus = tuple(generic_texts(facts, n=100, seed=seed))
-    hparams = resolve_hparams(editor_name, "gpt2", overrides)
+    hparams = resolve_hparams(editor_name, "demo", overrides)
     editor = get_editor(editor_name)
     fingerprint = weights_fingerprint(model)
     state: dict = {}

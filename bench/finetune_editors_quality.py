@@ -153,7 +153,7 @@ def run_one(index: int, model_dir: Path, threads: int, conflict: bool = False) -
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     seconds = 0.0
     if editor_name is not None:
-        hparams = resolve_hparams(editor_name, "gpt2", overrides)
+        hparams = resolve_hparams(editor_name, "demo", overrides)
         fingerprint = weights_fingerprint(model)
         started = time.perf_counter()
         result = get_editor(editor_name).compute(model, tokenizer, reqs, hparams, EditContext(fact_pool=tuple(keep), corpus=corpus))

@@ -72,7 +72,7 @@ def run(editor: str, n_edits: int, batch_size: int, model_dir: Path, threads: in
     corpus = statistics_corpus(facts, templates)
     heldout = heldout_texts(facts, n=64)
     gen_prompts = [t.split(" ")[0] + " " + t.split(" ")[1] for t in heldout[:32]]
-    hp = resolve_hparams(editor, "gpt2", overrides)
+    hp = resolve_hparams(editor, "demo", overrides)
     cache = MemoryBlobCache()
     rng = random.Random(1)
     edited_subjects: set[str] = set()

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.locate_world import LABELS, es, statistics_corpus, world  # noqa: E402
-from editing.architecture import family_of  # noqa: E402
+from editing.architecture import profile_of  # noqa: E402
 from editing.delta import Delta  # noqa: E402
 from editing.locate.statistics import moments_for  # noqa: E402
 from editing.model_io import load_model, weights_fingerprint  # noqa: E402
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
     else:
         _, tok = load_model(Path(report.path))
         model = random_model(args.shape, args.device, dtype)
-    family = family_of(model)
+    family = profile_of(model)
     hp = resolve_hparams(args.editor, family, json.loads(args.overrides) if args.overrides else None)
     base_fp = weights_fingerprint(model)
     corpus = statistics_corpus(facts, templates)

@@ -55,13 +55,13 @@ def main() -> None:
 
     efficacy: dict[str, dict[str, float]] = {}
     for editor in ("rome", "memit", "alphaedit", "prune"):
-        with edit_applied(editor, resolve_hparams(editor, "gpt2"), model, tok, batch, context):
+        with edit_applied(editor, resolve_hparams(editor, "demo"), model, tok, batch, context):
             efficacy[editor] = {rel: es(model, tok, [r.prompt for r in rs], [r.target_new for r in rs], [r.target_true for r in rs])
                                 for rel, rs in by_relation.items()}
         print(editor, {k: round(v, 2) for k, v in efficacy[editor].items()}, flush=True)
 
     layout = layout_of(model)
-    memit_hp = resolve_hparams("memit", "gpt2")
+    memit_hp = resolve_hparams("memit", "demo")
     reach: dict[str, dict[str, float]] = {}
 
     def mean_nll_by_relation(hp, block: int) -> dict[str, float]:
@@ -75,7 +75,7 @@ def main() -> None:
     reach[f"defaults (block {last}, {memit_hp.fact_token})"] = mean_nll_by_relation(memit_hp, last)
     for fact_token in ("prompt_last", "subject_last", "subject_first"):
         for block in range(num_layers(model)):
-            hp = dataclasses.replace(resolve_hparams("memit", "gpt2", UNCONSTRAINED), fact_token=fact_token)
+            hp = dataclasses.replace(resolve_hparams("memit", "demo", UNCONSTRAINED), fact_token=fact_token)
             reach[f"unconstrained, block {block}, {fact_token}"] = mean_nll_by_relation(hp, block)
             print(fact_token, block, {k: round(v, 2) for k, v in reach[f"unconstrained, block {block}, {fact_token}"].items()}, flush=True)
 

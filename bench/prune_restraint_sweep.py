@@ -49,13 +49,13 @@ def main() -> None:
         return efficacy, kept, result.stats
 
     base_kept = exact(model, tok, [p for p, _ in unrelated], [a for _, a in unrelated])
-    memit_eff, memit_kept, _ = measure("memit", resolve_hparams("memit", "gpt2"))
+    memit_eff, memit_kept, _ = measure("memit", resolve_hparams("memit", "demo"))
     lines = ["# PRUNE's restraint on one batch of 100 demo edits (MEMIT, gpt2 defaults)", "",
              f"Unrelated facts answered correctly before editing: {base_kept:.3f}. CPU, {args.threads} thread(s).", "",
              "| editor | efficacy | unrelated kept | condition number per edited layer: raw → served |", "|---|---|---|---|",
              f"| MEMIT (no restraint) | {memit_eff:.2f} | {memit_kept:.3f} | – |"]
     for reduce, alpha in RESTRAINTS:
-        hp = resolve_hparams("prune", "gpt2", {"reduce": reduce, "alpha": alpha})
+        hp = resolve_hparams("prune", "demo", {"reduce": reduce, "alpha": alpha})
         eff, kept, stats = measure("prune", hp)
         conds = ", ".join(f"L{name.split('.')[2]}: {p['cond_raw']:,.0f} → {p['cond_served']:,.0f}" for name, p in stats["per_param"].items())
         sig = ", ".join(f"L{name.split('.')[2]}: σ₁ {p['sigma1_raw']:,.0f} vs σ_max(W) {p['sigma_max_w']:.1f}" for name, p in stats["per_param"].items())

@@ -52,7 +52,7 @@ def main() -> None:
     rows = []
     for editor in ("memit", "alphaedit"):
         for n in args.samples:
-            hp = resolve_hparams(editor, "gpt2", {"mom2_n_samples": n})
+            hp = resolve_hparams(editor, "demo", {"mom2_n_samples": n})
             t0 = time.perf_counter()
             second_moments(model, tok, hp.layers, corpus, n)
             stats_s = time.perf_counter() - t0

@@ -34,7 +34,15 @@ def load_model(path: Path, device: str = "cpu", dtype: torch.dtype | None = None
     kwargs = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar on every load buries the service's progress
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.to(device)
     model.eval()
     return model, tokenizer

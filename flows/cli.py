@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.errors import ServiceError
+from flows.logs import configure_logging
 from infra.settings import Settings
 
 console = Console()
@@ -37,11 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "alembic", "great_expectations", "urllib3", "botocore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings.load()
+    configure_logging(settings.home, quiet=args.quiet)
     from flows.prefect_setup import configure_prefect
 
     configure_prefect(settings, quiet=args.command == "demo" or args.quiet)

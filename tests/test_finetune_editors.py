@@ -125,7 +125,7 @@ def test_the_four_editors_are_registered_with_defaults_for_every_family() -> Non
 )
 def test_hyperparameters_are_validated(name: str, overrides: dict, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        resolve_hparams(name, "gpt2", overrides)
+        resolve_hparams(name, "demo", overrides)
 
 
 # --- pure math ----------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def test_editor_reaches_efficacy_and_reverts_exactly(name: str, demo_world, mode
     model, tokenizer = model_and_tokenizer
     before = weights_fingerprint(model)
     modules = _module_map(model)
-    hparams = resolve_hparams(name, "gpt2", TINY_OVERRIDES[name])
+    hparams = resolve_hparams(name, "demo", TINY_OVERRIDES[name])
     result = get_editor(name).compute(model, tokenizer, requests, hparams, EditContext(fact_pool=pool, corpus=corpus))
     assert weights_fingerprint(model) == before, "compute must leave the model unchanged"
     assert _module_map(model) == modules
@@ -224,7 +224,7 @@ def test_elder_deferral_leaves_unrelated_prompts_unchanged(demo_world, model_and
     fingerprint = weights_fingerprint(model)
     # ELDER's code-only deferral leaks on this template-heavy world (see bench/results/elder_lifelong.md);
     # the key guard (our addition) is what keeps unrelated text untouched.
-    hparams = resolve_hparams("elder", "gpt2", TINY_OVERRIDES["elder"] | {"key_similarity": 0.97})
+    hparams = resolve_hparams("elder", "demo", TINY_OVERRIDES["elder"] | {"key_similarity": 0.97})
     result = get_editor("elder").compute(model, tokenizer, requests, hparams, EditContext(fact_pool=pool, corpus=corpus))
     applied = _delta("elder", result, model, fingerprint).apply(model)
     after_answers = greedy_answers(model, tokenizer, unrelated)
@@ -239,7 +239,7 @@ def test_elder_carries_its_experts_through_a_chain(demo_world, model_and_tokeniz
     model, tokenizer = model_and_tokenizer
     base = weights_fingerprint(model)
     base_modules = _module_map(model)
-    hparams = resolve_hparams("elder", "gpt2", TINY_OVERRIDES["elder"] | {"steps": 30})
+    hparams = resolve_hparams("elder", "demo", TINY_OVERRIDES["elder"] | {"steps": 30})
     editor = get_editor("elder")
     first = editor.compute(model, tokenizer, requests[:4], hparams, EditContext(fact_pool=pool))
     applied_first = _delta("elder", first, model, base).apply(model)
@@ -266,7 +266,7 @@ def test_flearning_without_old_objects_only_learns(demo_world, model_and_tokeniz
     requests = demo_world[1]
     model, tokenizer = model_and_tokenizer
     inserts = [dataclasses.replace(r, target_true=None) for r in requests[:3]]
-    hparams = resolve_hparams("flearning", "gpt2", {"steps": 2, "variant": "full"})
+    hparams = resolve_hparams("flearning", "demo", {"steps": 2, "variant": "full"})
     result = get_editor("flearning").compute(model, tokenizer, inserts, hparams)
     assert result.stats["forgotten"] == 0 and result.stats["forget_steps"] == 0
     assert all(name.endswith("::dense") for name in result.tensors)
@@ -282,7 +282,7 @@ def test_elder_keeps_the_earliest_of_several_sequential_single_edits(demo_world,
     _, requests, pool, live, corpus = demo_world
     model, tokenizer = model_and_tokenizer
     base = weights_fingerprint(model)
-    hparams = resolve_hparams("elder", "gpt2", TINY_OVERRIDES["elder"])
+    hparams = resolve_hparams("elder", "demo", TINY_OVERRIDES["elder"])
     editor = get_editor("elder")
     chain, state = [], {}
     for request in live[:7]:

@@ -107,6 +107,8 @@ def table(**after):
         "unrelated_unchanged": 1.0,
         "perplexity_drift": 0.01,
         "fluency_drop": 0.0,
+        "agreement_changed": 1.0,
+        "unchanged_kept": 1.0,
     }
     values.update(after)
     return pd.DataFrame({"metric": list(values), "before": math.nan, "after": list(values.values()), "change": math.nan})
@@ -126,10 +128,12 @@ def test_retention_suite_passes_at_and_fails_just_beyond_each_threshold():
         unrelated_unchanged=th["unrelated_retention_min"],
         perplexity_drift=th["perplexity_drift_max"],
         fluency_drop=th["fluency_drop_max"],
+        agreement_changed=th["agreement_changed_min"],
+        unchanged_kept=th["unchanged_kept_min"],
     )
     report = validate_retention(at, th)
     assert report.success, report.checks
-    assert len(report.checks) == 7 and all(c["success"] for c in report.checks)
+    assert len(report.checks) == 9 and all(c["success"] for c in report.checks)
     assert json.loads(json.dumps(report.gx_result))["success"] is True
 
     eps = 1e-6
@@ -141,6 +145,8 @@ def test_retention_suite_passes_at_and_fails_just_beyond_each_threshold():
         "unrelated_unchanged": th["unrelated_retention_min"] - eps,
         "perplexity_drift": th["perplexity_drift_max"] + eps,
         "fluency_drop": th["fluency_drop_max"] + eps,
+        "agreement_changed": th["agreement_changed_min"] - eps,
+        "unchanged_kept": th["unchanged_kept_min"] - eps,
     }
     # each check reads only its own metric, so one table with every metric just beyond its bound
     # shows that each of them fails on its own
@@ -200,7 +206,9 @@ def test_retention_suite_on_a_retention_table_and_its_markdown():
         after_rows,
     )
     report = validate_retention(retention_table(before, after), DEFAULT_THRESHOLDS)
-    assert failing(report) == ["fluency_drop", "neighbourhood_unchanged", "perplexity_drift"]
+    # a table without catalogue agreement fails those checks too: a missing metric never passes
+    assert failing(report) == ["agreement_changed", "fluency_drop", "neighbourhood_unchanged", "perplexity_drift",
+                               "unchanged_kept"]
     observed = {c["metric"]: c["observed"] for c in report.checks}
     assert observed["neighbourhood_unchanged"] == pytest.approx(0.75)
     assert observed["perplexity_drift"] == pytest.approx(0.2)
@@ -209,7 +217,7 @@ def test_retention_suite_on_a_retention_table_and_its_markdown():
     assert md.startswith("**Retention: FAIL**")
     assert "| neighbourhood_unchanged | 0.7500 | ≥ 0.9000 | neighbourhood_min | **FAIL** |" in md
     assert "| efficacy_gen | 1.0000 | ≥ 0.9000 | efficacy_min | pass |" in md
-    assert md.count("\n| ") == 1 + 7  # header + one line per check
+    assert md.count("\n| ") == 1 + 9  # header + one line per check
 
 
 def test_validation_imports_without_prefect_sqlalchemy_boto3_or_gx():

@@ -53,6 +53,8 @@ def saul_rows(
     max_length: int,
     corpus: Sequence[Pair] = (),
     corpus_share: float = 0.0,
+    near: Sequence[Pair] = (),
+    near_share: float = 0.0,
 ) -> list[Row]:
     """One row per edit (its sentence, then `concat_facts` random pool facts) and `n_augment` augmented rows.
 
@@ -61,7 +63,9 @@ def saul_rows(
     object"); augmented facts in full or answer-only. An augmented row is a generic `corpus` sentence
     (labelled in full) with probability `corpus_share`, else a pool fact. A row never exceeds
     `max_length` tokens: an appended fact that would not fit is left out. With an empty pool and
-    corpus, only the edit sentences remain.
+    corpus, only the edit sentences remain. With `near` facts (pool facts of the edited subjects),
+    an augmented row is one of them with probability `near_share`: the facts an edit most easily
+    drags along are anchored most often.
     """
     rows: list[Row] = []
     for prompt, answer in edits:
@@ -78,7 +82,15 @@ def saul_rows(
             reg += _fact_labels(fact, whole=True)
         rows.append(Row(ids, edit, reg))
     for _ in range(n_augment if (pool or corpus) else 0):
-        if corpus and (not pool or rng.random() < corpus_share):
+        if near:
+            u = rng.random()
+            if corpus and u < corpus_share:
+                fact, whole = corpus[rng.randrange(len(corpus))], True
+            elif u < corpus_share + near_share or not pool:
+                fact, whole = near[rng.randrange(len(near))], augment_whole_sentence
+            else:
+                fact, whole = pool[rng.randrange(len(pool))], augment_whole_sentence
+        elif corpus and (not pool or rng.random() < corpus_share):
             fact, whole = corpus[rng.randrange(len(corpus))], True
         else:
             fact, whole = pool[rng.randrange(len(pool))], augment_whole_sentence

@@ -56,6 +56,8 @@ class SAULEditor:
             log.warning("saul: empty fact pool; training on the edit sentences alone (plain fine-tuning)")
         edits = [_pair(tokenizer, r.prompt, r.target_new) for r in requests]
         pool = [_pair(tokenizer, p, a) for p, a in pool_text]
+        subjects = {r.subject for r in requests if r.subject}
+        near = [pair for pair, (p, _) in zip(pool, pool_text) if any(s in p for s in subjects)] if hparams.near_share > 0 else []
         # generic sentences, each a whole document ending with eos: keeps ordinary text as it was
         corpus = [(ids[:-1], ids[-1:]) for ids in (encode_text(tokenizer, t, eos=True) for t in context.corpus) if len(ids) > 1]
         if hparams.corpus_share > 0 and not corpus:
@@ -70,7 +72,8 @@ class SAULEditor:
             # random facts are drawn afresh every step
             rows = saul_rows(edits, pool, rng, concat_facts=hparams.concat_facts, n_augment=n_augment,
                              augment_whole_sentence=hparams.augment_loss == "full", max_length=max_length,
-                             corpus=corpus if hparams.corpus_share > 0 else (), corpus_share=hparams.corpus_share)
+                             corpus=corpus if hparams.corpus_share > 0 else (), corpus_share=hparams.corpus_share,
+                             near=near, near_share=hparams.near_share)
             batch = collate(rows, pad)
             edit_sum = torch.zeros((), device=device)
             reg_sum = torch.zeros((), device=device)

@@ -31,6 +31,9 @@ class SAULHParams:
     context's corpus (the key-statistics text, never the held-out text), learned in full, so the
     edit also keeps ordinary text as it was (on the demo model it turns a perplexity rise of 3.4x
     into none; bench/results/finetune_editors.md).
+
+    `near_share` (our addition): that share of the augmented rows is a pool fact of an edited
+    subject (its other relations), the facts an edit most easily drags along.
     """
 
     layers: tuple[int, ...] = (1,)
@@ -49,6 +52,7 @@ class SAULHParams:
     augment_loss: str = "full"
     reg_weight: float = 1.0
     corpus_share: float = 0.0
+    near_share: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -65,5 +69,7 @@ class SAULHParams:
             raise InvalidInput(f"saul: augment_ratio must be >= 0, got {self.augment_ratio}")
         if not 0.0 <= self.corpus_share <= 1.0:
             raise InvalidInput(f"saul: corpus_share must be in [0, 1], got {self.corpus_share}")
+        if not 0.0 <= self.near_share <= 1.0 or self.corpus_share + self.near_share > 1.0:
+            raise InvalidInput(f"saul: near_share must be in [0, 1 - corpus_share], got {self.near_share}")
         if self.reg_weight < 0:
             raise InvalidInput(f"saul: reg_weight must be >= 0, got {self.reg_weight}")
