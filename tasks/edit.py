@@ -24,6 +24,7 @@ from editing.registry import hparams_for_model
 from infra import repository as repo
 from infra.audit import append_event
 from infra.context import ServiceContext, service_context
+from infra.decoding import greedy_answers
 from infra.domain import EditRequest
 from tasks.catalogue_inputs import statistics_corpus_for, templates_for
 from tasks.live_model import BASIS_BASE, load_live_model
@@ -34,8 +35,15 @@ log = logging.getLogger(__name__)
 MAX_POOL = 2000
 
 
-def fact_pool(ctx: ServiceContext, requests: list[EditRequest], exclude_prompts: set[str]) -> tuple[tuple[str, str], ...]:
-    """Facts the model knows and must keep, minus the edited ones and the evaluation items."""
+def fact_pool(
+    ctx: ServiceContext, requests: list[EditRequest], exclude_prompts: set[str], model: Any = None, tokenizer: Any = None,
+) -> tuple[tuple[str, str], ...]:
+    """Catalogue prompts whose answers must not change, minus the edited facts and the evaluation items.
+
+    With a model, each prompt's answer is what the model says now (its greedy answer), not the
+    database value: a regulariser that taught the database value would also "correct" answers the
+    refresh is not about, and every answer the edit changes, right or wrong, is a retention loss.
+    """
     templates = templates_for(ctx.settings)
     edited = {(t.subject, t.relation) for t in requests}
     with ctx.db.session() as session:
@@ -47,7 +55,11 @@ def fact_pool(ctx: ServiceContext, requests: list[EditRequest], exclude_prompts:
         prompt = templates[fact.relation].render(fact.subject)
         if prompt not in exclude_prompts:
             pool.append((prompt, fact.object))
-    return tuple(pool[:MAX_POOL])
+    pool = pool[:MAX_POOL]
+    if model is not None and pool:
+        answers = greedy_answers(model, tokenizer, [p for p, _ in pool])
+        pool = [(p, said) for (p, _), said in zip(pool, answers) if said]
+    return tuple(pool)
 
 
 def plan_hparams(plan: tuple[str, ...], model: Any, overrides: dict[str, Any] | None) -> list[tuple[str, Any]]:
@@ -74,7 +86,7 @@ def compute_delta(ctx: ServiceContext, run_id: int, editor_name: str | None = No
     steps = plan_hparams(sets.plan, model, hparams_overrides)
     excluded = {p for p, _ in sets.regression.neighbourhood} | {p for p, _ in sets.regression.unrelated}
     context = EditContext(
-        state=carried, cache=ctx.store, fact_pool=fact_pool(ctx, sets.requests, excluded),
+        state=carried, cache=ctx.store, fact_pool=fact_pool(ctx, sets.requests, excluded, model, tokenizer),
         corpus=tuple(statistics_corpus_for(ctx.settings, facts)),
         model_fingerprint=live.base_fingerprint, show_progress=True,
         base_weights=None if cumulative else live.at_base, from_base=cumulative,
