@@ -51,7 +51,9 @@ def batch_for(facts, base: dict, refresh: int, rng: random.Random):
     return batch
 
 
-def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Path) -> Path:
+def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Path, policy: str = "gate") -> Path:
+    """`policy`: "gate" (the reviewer approves what passed the retention suite, rejects the rest) or
+    "promote-all" (every candidate is promoted, failed ones by override: how the chain itself ages)."""
     from infra import repository as repo
     from infra.context import service_context
     from infra.demo.catalogue import generate_catalogue
@@ -63,10 +65,15 @@ def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Pa
     from tasks.promotion import promote_run, record_decision
     from tasks.validate import request_approval, validate_run
 
+    from infra.signing import generate_key, load_private_key, register_reviewer_key
+
     settings = Settings.load(home=home, base_model_path=model_dir, default_editor=plan, edit_mode=mode,
                              reviewers=(REVIEWER,))
+    pem, public = generate_key()
+    register_reviewer_key(settings.reviewer_keys_file, REVIEWER, public)
+    reviewer_key = load_private_key(pem)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    out = OUT_DIR / f"{plan.replace(',', '+')}-{mode}.jsonl"
+    out = OUT_DIR / f"{plan.replace(',', '+')}-{mode}{'' if policy == 'gate' else '-' + policy}.jsonl"
     out.write_text("")
     rng = random.Random(0)
     seed = generate_catalogue(n_products=200)
@@ -91,17 +98,20 @@ def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Pa
             validation = validate_run(ctx, run_id)
             request_approval(ctx, run_id)
             passed = bool(validation["success"])
-            record_decision(ctx, run_id, REVIEWER, "approved" if passed else "rejected",
-                            "bench: retention suite " + ("passed" if passed else "failed"))
-            if passed:
+            promoted = passed or policy == "promote-all"
+            record_decision(ctx, run_id, REVIEWER, "approved" if promoted else "rejected",
+                            "bench: retention suite " + ("passed" if passed else "failed"),
+                            override_validation=policy == "promote-all", signing_key=reviewer_key)
+            if promoted:
                 promote_run(ctx, run_id, REVIEWER)
             seconds = time.perf_counter() - started
             with ctx.db.session() as session:
                 run = repo.get_run(session, run_id)
                 ledger = len(repo.ledger(session))
-            agreement = run.metrics["agreement"]["after" if passed else "before"]
+            agreement = run.metrics["agreement"]["after" if promoted else "before"]
             row = {
                 "refresh": refresh, "run": run_id, "plan": plan, "mode": run.metrics.get("mode"), "passed": passed,
+                "promoted": promoted, "policy": policy,
                 "failed": [c["metric"] for c in validation["checks"] if not c["success"]],
                 "ledger": ledger, "targets": outcome.outstanding, "seconds": round(seconds, 1),
                 "edit_seconds": round(edit_seconds, 1),
@@ -132,7 +142,9 @@ def report() -> None:
         "# Consecutive demo refreshes: catalogue agreement, retention pass rate, time",
         "",
         "Command: `./dev.sh bench refresh_sequence --plan <plan> --mode <mode> --refreshes <n>`, then `--report`.",
-        "Live model after each refresh (the candidate when the reviewer approved it, else the previous head).",
+        "Live model after each refresh (the candidate when it was promoted, else the previous head). Policy",
+        "`gate`: the reviewer approves what passed the retention suite and rejects the rest (its changes stay",
+        "outstanding); `promote-all`: every candidate is promoted (failed ones by override), to see how a chain ages.",
         "Goal for the default: after 50 refreshes changed facts agree >= 0.95, unchanged facts the base",
         "knew still right >= 0.98, every refresh passes the retention suite, time grows slower than the ledger.",
         "",
@@ -177,6 +189,8 @@ def main() -> None:
     parser.add_argument("--plan", default="saul")
     parser.add_argument("--mode", default="auto", choices=["auto", "sequential", "cumulative"])
     parser.add_argument("--refreshes", type=int, default=50)
+    parser.add_argument("--policy", choices=["gate", "promote-all"], default="gate",
+                        help="promote-all: promote failed candidates too (by override), to measure how the chain ages")
     parser.add_argument("--model", type=Path, default=None, help="a built demo model (default: build one under the run's home)")
     parser.add_argument("--report", action="store_true", help="only write the table and plot from the results files")
     args = parser.parse_args()
@@ -191,7 +205,7 @@ def main() -> None:
             from infra.settings import Settings
 
             model_dir = ensure_model(Settings.load(home=home)).path
-        run_sequence(args.plan, args.mode, args.refreshes, home, model_dir)
+        run_sequence(args.plan, args.mode, args.refreshes, home, model_dir, args.policy)
     report()
 
 

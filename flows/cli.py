@@ -145,7 +145,7 @@ def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     from infra.context import current_user, service_context
     from tasks.promotion import record_decision
 
-    reviewer = args.reviewer or current_user()
+    reviewer = current_user()  # who runs the command; the signature with their own key proves it
     decision = "approved" if args.command == "approve" else "rejected"
     with service_context(settings) as ctx:
         record_decision(ctx, args.run, reviewer, decision, args.reason, getattr(args, "override_validation", False))
@@ -155,6 +155,38 @@ def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
 
         head = promote(args.run, reviewer)
         console.print(f"promoted: model head is now {head[:12]}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    """Reviewer keys. A reviewer generates a key pair and keeps the private key; an administrator
+    registers the public key under the reviewer's name in the reviewer keys file."""
+    from infra.errors import InvalidInput
+    from infra.signing import generate_key, read_reviewer_keys, register_reviewer_key, write_private_key
+
+    if args.keys_command == "generate":
+        if not args.out:
+            raise InvalidInput("kus keys generate needs --out PATH for the private key")
+        pem, public = generate_key()
+        write_private_key(Path(args.out), pem)
+        console.print(f"private key written to {args.out} (keep it; set KUS_SIGNING_KEY={args.out})")
+        console.print(f"public key: {public}")
+        if args.register:
+            if not args.name:
+                raise InvalidInput("--register needs --name")
+            register_reviewer_key(settings.reviewer_keys_file, args.name, public)
+            console.print(f"registered for {args.name} in {settings.reviewer_keys_file}")
+    elif args.keys_command == "register":
+        if not args.name or not args.public_key:
+            raise InvalidInput("kus keys register needs --name and --public-key")
+        register_reviewer_key(settings.reviewer_keys_file, args.name, args.public_key)
+        console.print(f"registered {args.name} in {settings.reviewer_keys_file}")
+    else:
+        keys = read_reviewer_keys(settings.reviewer_keys_file)
+        table = Table("reviewer", "public key", "configured reviewer", title=str(settings.reviewer_keys_file))
+        for name, public in sorted(keys.items()):
+            table.add_row(name, public, "yes" if name in settings.reviewers else "no")
+        console.print(table)
     return 0
 
 
@@ -313,10 +345,15 @@ def _parser() -> argparse.ArgumentParser:
         p = add(name, cmd_decide, text)
         p.add_argument("run", type=int)
         p.add_argument("--reason", required=True)
-        p.add_argument("--reviewer", default=None, help="defaults to KUS_USER or the OS login")
         if name == "approve":
             p.add_argument("--override-validation", action="store_true",
                            help="approve although retention validation failed (recorded in the audit trail)")
+    p = add("keys", cmd_keys, "reviewer signing keys: generate a key pair, register or list public keys")
+    p.add_argument("keys_command", choices=["generate", "register", "list"])
+    p.add_argument("--out", default=None, help="generate: where to write the private key (PEM, mode 0600)")
+    p.add_argument("--name", default=None, help="register (or generate --register): the reviewer's name")
+    p.add_argument("--public-key", default=None, help="register: the reviewer's base64 public key")
+    p.add_argument("--register", action="store_true", help="generate: also register the public key under --name")
     p = add("promote", cmd_promote, "retry promotion of an approved run")
     p.add_argument("run", type=int)
     p = add("rollback", cmd_rollback, "move the model head back")

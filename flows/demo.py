@@ -12,8 +12,12 @@ A second run reuses the model and applies a fresh batch on top of the promoted h
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -53,6 +57,41 @@ def ensure_model(settings: Settings, size: DemoSize = SIZES["demo"]):  # noqa: A
         has_deltas = repo.count_deltas(session, settings.model_name) > 0
     return ensure_demo_model(settings.model_path, seed_catalogue(size), templates_for(settings), config,
                              progress=True, keep_existing=has_deltas)
+
+
+def demo_reviewer_key(settings: Settings) -> Path:
+    """The demo reviewer's own signing key (made once under the home) and its registered public key.
+
+    In a real deployment each reviewer generates their key (`kus keys generate`) and an
+    administrator registers the public half; the demo plays both parts.
+    """
+    from infra.signing import generate_key, read_reviewer_keys, register_reviewer_key, write_private_key
+
+    path = settings.home / "keys" / f"{DEMO_REVIEWER}.pem"
+    if not path.is_file():
+        pem, public = generate_key()
+        write_private_key(path, pem)
+        register_reviewer_key(settings.reviewer_keys_file, DEMO_REVIEWER, public)
+    elif DEMO_REVIEWER not in read_reviewer_keys(settings.reviewer_keys_file):
+        from infra.signing import load_private_key, public_key_of
+
+        register_reviewer_key(settings.reviewer_keys_file, DEMO_REVIEWER, public_key_of(load_private_key(path)))
+    return path
+
+
+@contextmanager
+def acting_as(user: str, signing_key: Path) -> Iterator[None]:
+    """Run CLI commands as `user` holding `signing_key` (as the reviewer's own shell would), then restore."""
+    saved = {k: os.environ.get(k) for k in ("KUS_USER", "KUS_SIGNING_KEY")}
+    os.environ["KUS_USER"], os.environ["KUS_SIGNING_KEY"] = user, str(signing_key)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def run_demo(settings: Settings, console: Console, size_name: str = "demo") -> int:
@@ -113,14 +152,15 @@ def demo_refresh(settings: Settings, console: Console, refresh: int) -> int:
     console.rule(f"[bold]5.{refresh} the reviewer's decision (kus approve / kus reject)")
     with service_context(settings) as ctx, ctx.db.session() as session:
         run = repo.get_run(session, run_id)
+    key = demo_reviewer_key(settings)
     if run.validation and run.validation.get("success"):
-        code = cli_main(["--quiet", "approve", str(run_id), "--reviewer", DEMO_REVIEWER,
-                         "--reason", "demo: retention suite passed, agreement reviewed"])
+        with acting_as(DEMO_REVIEWER, key):
+            code = cli_main(["--quiet", "approve", str(run_id), "--reason", "demo: retention suite passed, agreement reviewed"])
     else:
         failed = [c["metric"] for c in (run.validation or {}).get("checks", []) if not c["success"]]
         console.print(f"[red]the retention suite failed ({', '.join(failed)}): the reviewer rejects the run[/]")
-        cli_main(["--quiet", "reject", str(run_id), "--reviewer", DEMO_REVIEWER,
-                  "--reason", f"demo: retention suite failed on {', '.join(failed)}"])
+        with acting_as(DEMO_REVIEWER, key):
+            cli_main(["--quiet", "reject", str(run_id), "--reason", f"demo: retention suite failed on {', '.join(failed)}"])
         code = 3
     show_outcome(settings, console, run_id)
     return code

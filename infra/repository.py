@@ -99,6 +99,8 @@ class ApprovalRecord:
     decision: str
     reason: str
     at: datetime
+    signed_payload: str | None = None
+    signature: str | None = None
 
 
 @dataclass(frozen=True)
@@ -525,7 +527,8 @@ def move_head(session: Session, model_name: str, new_sha: str | None, expected_c
 
 
 def record_decision(
-    session: Session, run_id: int, reviewer: str, decision: str, reason: str
+    session: Session, run_id: int, reviewer: str, decision: str, reason: str, at: datetime | None = None,
+    signed_payload: str | None = None, signature: str | None = None,
 ) -> ApprovalRecord:
     """Record a reviewer's decision on a run awaiting approval.
 
@@ -545,7 +548,8 @@ def record_decision(
         )
     if decision == "approved" and reviewer == run.started_by:
         raise PermissionDenied(f"{reviewer} started run {run_id} and cannot approve it")
-    row = ApprovalRow(run_id=run_id, reviewer=reviewer, decision=decision, reason=reason or "", at=utcnow())
+    row = ApprovalRow(run_id=run_id, reviewer=reviewer, decision=decision, reason=reason or "", at=at or utcnow(),
+                      signed_payload=signed_payload, signature=signature)
     session.add(row)
     session.flush()
     return _approval(row)
@@ -623,6 +627,8 @@ def _approval(row: ApprovalRow) -> ApprovalRecord:
         decision=row.decision,
         reason=row.reason,
         at=row.at,
+        signed_payload=row.signed_payload,
+        signature=row.signature,
     )
 
 

@@ -69,11 +69,19 @@ class Settings:
     #: Prefect deployment that runs the edit step on a GPU work pool ("edit-model/gpu"); None = in process.
     edit_deployment: str | None = None
     reviewers: tuple[str, ...] = ("demo-reviewer",)
+    #: the acting reviewer's own Ed25519 private key (PEM); approvals are signed with it
+    signing_key_path: Path | None = None
+    #: registered reviewers' public keys (JSON {"name": "base64"}); default $KUS_HOME/reviewer_keys.json
+    reviewer_keys_path: Path | None = None
     thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
 
     @property
     def model_path(self) -> Path:
         return self.base_model_path or self.home / "models" / self.model_name
+
+    @property
+    def reviewer_keys_file(self) -> Path:
+        return self.reviewer_keys_path or self.home / "reviewer_keys.json"
 
     @property
     def prefect_home(self) -> Path:
@@ -107,6 +115,8 @@ class Settings:
             "KUS_EDIT_MODE": "edit_mode",
             "KUS_STATS_CORPUS": "stats_corpus_path",
             "KUS_AGREEMENT_SAMPLE": "agreement_sample",
+            "KUS_SIGNING_KEY": "signing_key_path",
+            "KUS_REVIEWER_KEYS": "reviewer_keys_path",
         }
         for var, key in env_map.items():
             if env.get(var):
@@ -133,7 +143,8 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
-    for key in ("home", "base_model_path", "templates_path", "heldout_text_path", "stats_corpus_path"):
+    for key in ("home", "base_model_path", "templates_path", "heldout_text_path", "stats_corpus_path", "signing_key_path",
+                "reviewer_keys_path"):
         if isinstance(out.get(key), str):
             out[key] = Path(out[key])
     if isinstance(out.get("reviewers"), str):

@@ -6,29 +6,54 @@ crash at any point leaves either the old head or the new one, never a half-promo
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from infra import repository as repo
 from infra.audit import append_event
 from infra.context import ServiceContext
 from infra.errors import ApprovalRequired, InvalidInput, InvalidState, NotFound, PermissionDenied
+from infra.signing import (approval_payload, load_private_key, public_key_of, read_reviewer_keys, require_key_file,
+                           sign, verify)
+from infra.db.models import utcnow
 from tasks.live_model import fetch_delta
 
 log = logging.getLogger(__name__)
 
 
 def record_decision(
-    ctx: ServiceContext, run_id: int, reviewer: str, decision: str, reason: str, override_validation: bool = False
+    ctx: ServiceContext, run_id: int, reviewer: str, decision: str, reason: str, override_validation: bool = False,
+    signing_key: Ed25519PrivateKey | Path | None = None,
 ) -> repo.ApprovalRecord:
-    """A configured reviewer approves or rejects a run awaiting approval; never their own run."""
+    """A registered reviewer approves or rejects a run awaiting approval, signing the decision; never their own run.
+
+    `reviewer` is who runs the command; the signature proves it: it is made with `signing_key`
+    (default: the configured KUS_SIGNING_KEY) and must verify against the public key registered for
+    `reviewer`, so naming someone else gets nowhere without their private key. A second approval of
+    an approved run records nothing new.
+    """
     if decision not in ("approved", "rejected"):
         raise InvalidInput(f"decision must be 'approved' or 'rejected', got {decision!r}")
     if not reason.strip():
         raise InvalidInput("a decision needs a reason")
     if reviewer not in ctx.settings.reviewers:
         raise PermissionDenied(f"{reviewer!r} is not a configured reviewer (reviewers: {', '.join(ctx.settings.reviewers)})")
+    keys = read_reviewer_keys(ctx.settings.reviewer_keys_file)
+    if reviewer not in keys:
+        raise PermissionDenied(f"{reviewer!r} has no registered public key in {ctx.settings.reviewer_keys_file}")
+    private = signing_key if isinstance(signing_key, Ed25519PrivateKey) else load_private_key(
+        require_key_file(signing_key or ctx.settings.signing_key_path))
+    if public_key_of(private) != keys[reviewer]:
+        raise PermissionDenied(f"the signing key is not {reviewer!r}'s registered key; a decision is signed by its reviewer")
     with ctx.db.session() as session:
         run = repo.get_run(session, run_id)
+        earlier = [a for a in repo.approvals_for(session, run_id) if a.decision == "approved"]
+        if decision == "approved" and earlier and run.status in ("awaiting_approval", "promoted"):
+            log.info("run %s was already approved by %s; nothing recorded", run_id, earlier[0].reviewer)
+            return earlier[0]
         if run.status != "awaiting_approval":
             raise InvalidState(f"run {run_id} is {run.status}, not awaiting approval")
         if run.started_by == reviewer:
@@ -38,14 +63,33 @@ def record_decision(
             raise InvalidState(
                 f"run {run_id} failed retention validation; approve with --override-validation to accept it anyway"
             )
-        record = repo.record_decision(session, run_id, reviewer, decision, reason)
-        payload = {"reason": reason, "delta": run.delta_sha, "validation_passed": passed,
-                   "override_validation": override_validation and not passed}
-        append_event(session, reviewer, decision, f"run:{run_id}", payload)
+        at = utcnow()
+        payload = approval_payload(run_id=run_id, delta_sha=run.delta_sha, reviewer=reviewer, decision=decision,
+                                   reason=reason, at=at.isoformat())
+        signature = sign(private, payload)
+        record = repo.record_decision(session, run_id, reviewer, decision, reason, at=at,
+                                      signed_payload=payload.decode(), signature=signature)
+        event = {"reason": reason, "delta": run.delta_sha, "validation_passed": passed,
+                 "override_validation": override_validation and not passed, "signature": signature}
+        append_event(session, reviewer, decision, f"run:{run_id}", event)
         if decision == "rejected":
             repo.update_run(session, run_id, status="rejected")
-    log.info("run %s %s by %s: %s", run_id, decision, reviewer, reason)
+    log.info("run %s %s by %s (signed): %s", run_id, decision, reviewer, reason)
     return record
+
+
+def signed_approval_is_valid(approval: repo.ApprovalRecord, run: repo.RunRecord, keys: dict[str, str]) -> bool:
+    """The approval says 'approved' for exactly this run and delta, and its reviewer's registered key signed it."""
+    if approval.decision != "approved" or not approval.signed_payload or not approval.signature:
+        return False
+    try:
+        fields = json.loads(approval.signed_payload)
+    except ValueError:
+        return False
+    expected = json.loads(approval_payload(run_id=run.id, delta_sha=run.delta_sha, reviewer=approval.reviewer,
+                                           decision="approved", reason=approval.reason, at=str(fields.get("at"))))
+    public = keys.get(approval.reviewer)
+    return fields == expected and public is not None and verify(public, approval.signed_payload.encode(), approval.signature)
 
 
 def promote_run(ctx: ServiceContext, run_id: int, actor: str) -> str:
@@ -59,6 +103,12 @@ def promote_run(ctx: ServiceContext, run_id: int, actor: str) -> str:
         raise ApprovalRequired(f"run {run_id} ({run.status}) has no approval of record; a reviewer must approve it first")
     if run.delta_sha is None:
         raise InvalidState(f"run {run_id} has no delta")
+    keys = read_reviewer_keys(ctx.settings.reviewer_keys_file)
+    if not any(signed_approval_is_valid(a, run, keys) for a in approvals):
+        raise ApprovalRequired(
+            f"run {run_id} has no approval whose signature verifies against a registered reviewer key for delta "
+            f"{run.delta_sha[:12]}; the approval record was changed or its key is no longer registered"
+        )
     fetch_delta(ctx, run.delta_sha)  # re-verifies the stored bytes before they go live
     with ctx.db.session() as session:
         record = repo.get_delta(session, run.delta_sha)

@@ -8,6 +8,7 @@ is caught.
 from __future__ import annotations
 
 import json
+import os
 import random
 import uuid
 from pathlib import Path
@@ -18,12 +19,14 @@ import torch
 
 from editing.model_io import load_model, weights_fingerprint
 from flows.cli import main as cli
+from flows.demo import acting_as
 from infra import repository as repo
 from infra.context import service_context
 from infra.demo.changes import next_change_batch
 from infra.domain import Fact
 from infra.errors import ApprovalRequired, InvalidState, PermissionDenied
 from infra.settings import Settings
+from infra.signing import generate_key, register_reviewer_key, write_private_key
 from tasks.live_model import load_live_model
 from tasks.promotion import promote_run, record_decision
 from validation.scoring import greedy_answers
@@ -41,6 +44,11 @@ def service(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_world
     monkeypatch.setenv("KUS_BASE_MODEL", str(report.path))
     monkeypatch.setenv("KUS_REVIEWERS", "alice,bob")
     monkeypatch.setenv("KUS_USER", "catalogue-bot")
+    monkeypatch.setenv("KUS_REVIEWER_KEYS", str(tmp_path / "reviewer_keys.json"))
+    for reviewer in ("alice", "bob"):  # each reviewer's own key; the public halves registered
+        pem, public = generate_key()
+        write_private_key(tmp_path / "keys" / f"{reviewer}.pem", pem)
+        register_reviewer_key(tmp_path / "reviewer_keys.json", reviewer, public)
     if request.param == "sqlite+local":
         monkeypatch.setenv("KUS_DATABASE_URL", f"sqlite:///{tmp_path / 'kus.db'}")
         monkeypatch.setenv("KUS_DELTA_STORE", (tmp_path / "deltas").as_uri())
@@ -52,6 +60,16 @@ def service(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_world
     with service_context(settings) as ctx, ctx.db.session() as session:
         repo.seed_facts(session, facts)
     return settings
+
+
+def reviewer_key(name: str) -> Path:
+    return Path(os.environ["KUS_REVIEWER_KEYS"]).parent / "keys" / f"{name}.pem"
+
+
+def cli_as(reviewer: str, args: list[str], key: Path | None = None) -> int:
+    """The CLI run by `reviewer` in their own shell: their login name and their own signing key."""
+    with acting_as(reviewer, key or reviewer_key(reviewer)):
+        return cli(args)
 
 
 def _apply_changes(settings: Settings, batch_no: int) -> list[Fact]:
@@ -115,7 +133,7 @@ def test_refresh_approve_promote_rollback(service: Settings, tiny_world, capsys)
             record_decision(ctx, run_id, "mallory", "approved", "not a reviewer")
 
     # the CLI is the approval path of record; it promotes on approval
-    assert cli(["approve", str(run_id), "--reviewer", "alice", "--reason", "checked", "--override-validation"]) == 0
+    assert cli_as("alice", ["approve", str(run_id), "--reason", "checked", "--override-validation"]) == 0
     prompts = [templates[f.relation].render(f.subject) for f in batch]
     after = _answers(service, prompts)
     efficacy = sum(a == f.object for a, f in zip(after, batch)) / len(batch)
@@ -176,14 +194,14 @@ def test_second_refresh_builds_on_promoted_head_and_crashed_runs_are_redone(serv
 
     _apply_changes(service, 1)
     first = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
-    assert cli(["approve", str(first), "--reviewer", "bob", "--reason", "ok", "--override-validation"]) == 0
+    assert cli_as("bob", ["approve", str(first), "--reason", "ok", "--override-validation"]) == 0
 
     # a refresh cannot start while another waits for approval
     _apply_changes(service, 2)
     second = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
     with pytest.raises(InvalidState):
         catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)
-    assert cli(["reject", str(second), "--reviewer", "bob", "--reason", "not today"]) == 0
+    assert cli_as("bob", ["reject", str(second), "--reason", "not today"]) == 0
 
     # a crashed run (stuck after its edit) is failed and its changes redone by the next refresh
     _apply_changes(service, 3)
@@ -198,7 +216,7 @@ def test_second_refresh_builds_on_promoted_head_and_crashed_runs_are_redone(serv
         delta = repo.get_delta(session, str(run.delta_sha))
         first_delta = repo.get_run(session, first).delta_sha
     assert delta.parent_sha == first_delta  # built on the promoted head, not on the base
-    assert cli(["approve", str(third["run_id"]), "--reviewer", "alice", "--reason", "ok", "--override-validation"]) == 0
+    assert cli_as("alice", ["approve", str(third["run_id"]), "--reason", "ok", "--override-validation"]) == 0
     with service_context(service) as ctx:
         live = load_live_model(ctx)
         assert [d.id for d in live.chain] == [first_delta, run.delta_sha]
@@ -230,7 +248,7 @@ def test_editor_state_follows_the_promoted_chain_and_rolls_back_with_it(service:
         _apply_swaps(service, seed=seed)
         result = catalogue_refresh(editor="alphaedit", started_by="carol", hparams=TINY_ALPHAEDIT)
         if approve:
-            assert cli(["approve", str(result["run_id"]), "--reviewer", "alice", "--reason", "ok", "--override-validation"]) == 0
+            assert cli_as("alice", ["approve", str(result["run_id"]), "--reason", "ok", "--override-validation"]) == 0
         with service_context(service) as ctx, ctx.db.session() as session:
             return str(repo.get_run(session, result["run_id"]).delta_sha)
 
@@ -267,7 +285,7 @@ def test_cumulative_refreshes_edit_the_base_over_the_whole_ledger(service: Setti
     def refresh(seed: int) -> tuple[int, str]:
         batch = _apply_swaps(service, n=3, seed=seed)
         result = catalogue_refresh(editor="alphaedit", started_by="carol", hparams=TINY_ALPHAEDIT)
-        assert cli(["approve", str(result["run_id"]), "--reviewer", "alice", "--reason", "ok", "--override-validation"]) == 0
+        assert cli_as("alice", ["approve", str(result["run_id"]), "--reason", "ok", "--override-validation"]) == 0
         with service_context(service) as ctx, ctx.db.session() as session:
             return result["run_id"], str(repo.get_run(session, result["run_id"]).delta_sha), batch
 
@@ -296,3 +314,45 @@ def test_cumulative_refreshes_edit_the_base_over_the_whole_ledger(service: Setti
     assert cli(["rollback", "--reason", "back to the first"]) == 0
     with service_context(service) as ctx:
         assert [d.id for d in load_live_model(ctx).chain] == [first]
+
+
+@pytest.mark.parametrize("service", ["sqlite+local", "postgres+s3"], indirect=True)
+def test_approvals_are_signed_by_the_reviewer_and_cannot_be_forged(service: Settings, tmp_path: Path) -> None:
+    """Naming a reviewer is not enough: the decision must be signed with that reviewer's own key; a
+    decision changed in the database afterwards no longer verifies, and promotion refuses it."""
+    from flows.refresh import catalogue_refresh
+
+    _apply_swaps(service, n=3, seed=21)
+    run_id = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
+
+    # mallory (no reviewer) says she is alice and signs with her own key: refused, nothing recorded
+    pem, _public = generate_key()
+    write_private_key(tmp_path / "mallory.pem", pem)
+    assert cli_as("alice", ["approve", str(run_id), "--reason", "trust me", "--override-validation"],
+                  key=tmp_path / "mallory.pem") != 0
+    # the run's starter cannot approve it, even with a registered key of their own
+    with service_context(service) as ctx:
+        with pytest.raises(PermissionDenied):
+            record_decision(ctx, run_id, "carol", "approved", "mine", True, signing_key=reviewer_key("alice"))
+        with ctx.db.session() as session:
+            assert repo.approvals_for(session, run_id) == []
+
+    # alice's own signed approval, then someone edits the approvals row in the database
+    with service_context(service) as ctx:
+        first = record_decision(ctx, run_id, "alice", "approved", "checked", True, signing_key=reviewer_key("alice"))
+        again = record_decision(ctx, run_id, "alice", "approved", "checked twice", True, signing_key=reviewer_key("alice"))
+        assert again.id == first.id  # a second approval records nothing new
+    engine = sa.create_engine(service.database_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE approvals SET reviewer = 'bob' WHERE run_id = :r"), {"r": run_id})
+    engine.dispose()
+    with service_context(service) as ctx:
+        with pytest.raises(ApprovalRequired, match="signature"):
+            promote_run(ctx, run_id, "carol")
+        assert load_live_model(ctx).head is None
+    engine = sa.create_engine(service.database_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE approvals SET reviewer = 'alice' WHERE run_id = :r"), {"r": run_id})
+    engine.dispose()
+    with service_context(service) as ctx:  # restored, it verifies again
+        assert promote_run(ctx, run_id, "carol")

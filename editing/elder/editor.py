@@ -152,8 +152,8 @@ class ELDEREditor:
                 key_probs = torch.stack(runtime.last_probs, dim=2)[key_pos]  # [N, L, E]
                 key_owner = owner_t[:, None].expand(-1, key_pos.shape[1])[key_pos]  # [N]
                 allocation = torch.stack([
-                    torch.stack([preferred_experts(key_probs[key_owner == i][:, l], k, ~reserved,
-                                                   None if usage is None else usage[l]) for l in range(L)])
+                    torch.stack([preferred_experts(key_probs[key_owner == i][:, layer], k, ~reserved,
+                                                   None if usage is None else usage[layer]) for layer in range(L)])
                     for i in range(len(requests))])  # [n_requests, L, E] bool
                 if hparams.hard_routing:
                     edit_targets = allocation[owner_t]  # [n_edit_rows, L, E]

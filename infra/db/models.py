@@ -185,6 +185,9 @@ class ApprovalRow(Base):
     decision: Mapped[str] = mapped_column(sa.String(16))
     reason: Mapped[str] = mapped_column(sa.Text)
     at: Mapped[datetime]
+    #: the bytes the reviewer signed (infra.signing.approval_payload) and the Ed25519 signature
+    signed_payload: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    signature: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
 
 
 class AuditEventRow(Base):
