@@ -22,6 +22,7 @@ from infra.context import current_user, service_context
 from infra.settings import Settings
 from tasks.evaluation_sets import build_sets_task
 from tasks.ingest import ingest_task
+from tasks.run_lease import end_lease
 from tasks.validate import request_approval_task, validate_task
 from flows.edit import edit_model
 
@@ -59,6 +60,8 @@ def catalogue_refresh(
     except Exception as exc:
         _mark_failed(run_id, started_by, exc)
         raise
+    finally:
+        _end_lease(run_id)
     logger.info("run %s awaits approval (retention validation %s)", run_id, "passed" if validation["success"] else "FAILED")
     return {"run_id": run_id, "status": "awaiting_approval", "validation_passed": validation["success"],
             "accepted": outcome["accepted"], "rejected": outcome["rejected"], "message": f"run {run_id} awaits approval"}
@@ -70,6 +73,14 @@ def _edit_on_work_pool(deployment: str, run_id: int, editor: str, hparams: dict[
     child = run_deployment(deployment, parameters={"run_id": run_id, "editor": editor, "hparams": hparams}, timeout=None)
     if child.state is None or not child.state.is_completed():
         raise RuntimeError(f"edit step on {deployment} ended {child.state.name if child.state else 'without a state'}")
+
+
+def _end_lease(run_id: int) -> None:
+    try:
+        with service_context() as ctx:
+            end_lease(ctx, run_id)
+    except Exception:  # pragma: no cover - an unreleased lease expires by itself
+        log.exception("could not release the refresh lease of run %s", run_id)
 
 
 def _mark_failed(run_id: int, actor: str, exc: BaseException) -> None:

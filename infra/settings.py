@@ -73,6 +73,9 @@ class Settings:
     signing_key_path: Path | None = None
     #: registered reviewers' public keys (JSON {"name": "base64"}); default $KUS_HOME/reviewer_keys.json
     reviewer_keys_path: Path | None = None
+    #: seconds a refresh's lease lasts without renewal (every step renews it); a crashed run is
+    #: declared dead only after its lease expired
+    lease_ttl_seconds: int = 7200
     thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
 
     @property
@@ -116,6 +119,7 @@ class Settings:
             "KUS_STATS_CORPUS": "stats_corpus_path",
             "KUS_AGREEMENT_SAMPLE": "agreement_sample",
             "KUS_SIGNING_KEY": "signing_key_path",
+            "KUS_LEASE_TTL": "lease_ttl_seconds",
             "KUS_REVIEWER_KEYS": "reviewer_keys_path",
         }
         for var, key in env_map.items():
@@ -158,6 +162,13 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             raise InvalidInput(f"unknown thresholds {sorted(unknown)}; known: {sorted(DEFAULT_THRESHOLDS)}")
         merged.update({k: float(v) for k, v in out["thresholds"].items()})
         out["thresholds"] = merged
+    if "lease_ttl_seconds" in out:
+        try:
+            out["lease_ttl_seconds"] = int(out["lease_ttl_seconds"])
+        except (TypeError, ValueError):
+            raise InvalidInput(f"lease_ttl_seconds must be a whole number, got {out['lease_ttl_seconds']!r}") from None
+        if out["lease_ttl_seconds"] < 1:
+            raise InvalidInput("lease_ttl_seconds must be >= 1")
     if "agreement_sample" in out:
         try:
             out["agreement_sample"] = int(out["agreement_sample"])

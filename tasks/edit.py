@@ -28,6 +28,7 @@ from infra.decoding import greedy_answers
 from infra.domain import EditRequest
 from tasks.catalogue_inputs import statistics_corpus_for, templates_for
 from tasks.live_model import BASIS_BASE, load_live_model
+from tasks.run_lease import keep_lease
 from tasks.run_artifacts import load_sets
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def plan_hparams(plan: tuple[str, ...], model: Any, overrides: dict[str, Any] | 
 def compute_delta(ctx: ServiceContext, run_id: int, editor_name: str | None = None,
                   hparams_overrides: dict[str, Any] | None = None) -> str:
     """Returns the stored delta's id. `editor_name` is the run's plan (the sets file is authoritative)."""
+    keep_lease(ctx, run_id)
     with ctx.db.session() as session:
         run = repo.get_run(session, run_id)
         facts = repo.load_facts(session)

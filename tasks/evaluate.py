@@ -18,6 +18,7 @@ from infra.audit import append_event
 from infra.context import ServiceContext, service_context
 from infra.errors import InvalidState
 from tasks.live_model import BASIS_BASE, LiveModel, fetch_delta, load_live_model
+from tasks.run_lease import keep_lease
 from tasks.run_artifacts import load_sets, put_json
 from validation.agreement import AgreementAnswers, agreement_answers, agreement_report, agreement_rows
 from validation.evaluate import efficacy_by_relation, evaluate, retention_table
@@ -54,6 +55,7 @@ def base_answers(ctx: ServiceContext, live: LiveModel, agreement: AgreementSet) 
 
 def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
     """Stores per-item rows, the retention table and the agreement report with the run."""
+    keep_lease(ctx, run_id)
     with ctx.db.session() as session:
         run = repo.get_run(session, run_id)
     if run.delta_sha is None:

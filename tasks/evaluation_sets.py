@@ -16,6 +16,7 @@ from infra.context import ServiceContext, service_context
 from infra.errors import InvalidState
 from tasks.catalogue_inputs import heldout_text_for, templates_for
 from tasks.live_model import head_values
+from tasks.run_lease import keep_lease
 from tasks.run_artifacts import RunSets, put_json
 from validation.sets import build_agreement_set, build_regression_set, ledger_requests, ledger_targets
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 def build_sets(ctx: ServiceContext, run_id: int) -> str:
     """Writes `runs/<id>/sets.json` to the store and returns its key."""
+    keep_lease(ctx, run_id)
     templates = templates_for(ctx.settings)
     with ctx.db.session() as session:
         run = repo.get_run(session, run_id)

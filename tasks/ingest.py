@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pandas as pd
 from prefect import task
 from sqlalchemy.orm import Session
 
+from infra import leases
 from infra import repository as repo
 from infra.audit import append_event
 from infra.context import ServiceContext, service_context
@@ -22,9 +24,6 @@ from validation.gx_suites import validate_incoming_changes
 from validation.sets import ledger_targets
 
 log = logging.getLogger(__name__)
-
-#: Open runs in these states are left over from a crash; a new refresh fails them and redoes the work.
-RESUMABLE = ("ingested", "edited", "validated")
 
 
 @dataclass(frozen=True)
@@ -52,21 +51,29 @@ def ingest_changes(
     """Open a refresh run over every new feed row and every outstanding fact, or explain why there is none."""
     templates = templates_for(ctx.settings)
     with ctx.db.session() as session:
-        for stale in repo.open_runs(session, model_name):
-            if stale.status == "awaiting_approval":
+        for waiting in repo.open_runs(session, model_name):
+            if waiting.status == "awaiting_approval":
+                approved = any(a.decision == "approved" for a in repo.approvals_for(session, waiting.id))
                 raise InvalidState(
-                    f"run {stale.id} for {model_name} awaits approval; approve or reject it before a new refresh"
+                    f"run {waiting.id} for {model_name} was approved but not promoted; run `kus promote {waiting.id}`"
+                    if approved else
+                    f"run {waiting.id} for {model_name} awaits approval; approve or reject it before a new refresh"
                 )
-            repo.update_run(session, stale.id, status="failed", error="interrupted; superseded by a new refresh")
+        leases.acquire(session, model_name, started_by, timedelta(seconds=ctx.settings.lease_ttl_seconds))
+        # we hold the lease, so any run still open was abandoned: its lease expired or it never had one
+        for stale in repo.open_runs(session, model_name):
+            repo.update_run(session, stale.id, status="failed", error="abandoned: its refresh lease expired")
             append_event(session, started_by, "run_failed", f"run:{stale.id}",
-                         {"reason": "interrupted before completion; its changes are redone by the next run"})
+                         {"reason": "its refresh lease expired before it finished; its changes are redone by the next run"})
         since = repo.watermark(session, model_name)
         latest = repo.latest_change_id(session)
         changes = repo.changes_since(session, since, latest)
         if not changes and not outstanding_targets(session, model_name, templates, since):
+            leases.release(session, model_name, None)
             return IngestOutcome(None, 0, 0, f"no changes after feed position {since}, and the live model says "
                                              "what the database says")
         run = repo.create_run(session, model_name, editor, started_by, since, latest, flow_run_id=flow_run_id)
+        leases.bind(session, model_name, run.id)
         accepted, rejections = _check_incoming(changes, templates)
         repo.record_rejections(session, run.id, [repo.Rejection(cid, reason) for cid, reason in rejections])
         targets = outstanding_targets(session, model_name, templates, latest)
@@ -82,6 +89,7 @@ def ingest_changes(
                       else "the accepted changes leave every fact as the live model already says it")
             repo.update_run(session, run.id, status="failed", error=reason)
             append_event(session, started_by, "run_failed", f"run:{run.id}", {"reason": reason})
+            leases.release(session, model_name, run.id)
         log.info("run %s: %d new changes, %d accepted, %d rejected; %d facts to change in the live model",
                  run.id, len(changes), len(accepted), len(rejections), len(targets))
         return IngestOutcome(run.id if targets else None, len(accepted), len(rejections), f"run {run.id}", len(targets))

@@ -12,6 +12,7 @@ from infra import repository as repo
 from infra.audit import append_event
 from infra.context import ServiceContext, service_context
 from infra.errors import InvalidState
+from tasks.run_lease import keep_lease
 from tasks.run_artifacts import put_json
 from validation.gx_suites import validate_retention
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 def validate_run(ctx: ServiceContext, run_id: int) -> dict:
     """Checks the retention table against the configured thresholds; the result is kept with the run."""
+    keep_lease(ctx, run_id)
     with ctx.db.session() as session:
         run = repo.get_run(session, run_id)
     if not run.metrics or "table" not in run.metrics:

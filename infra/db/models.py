@@ -160,6 +160,17 @@ class ChangeRejectionRow(Base):
     at: Mapped[datetime]
 
 
+class RefreshLeaseRow(Base):
+    """One refresh per model at a time: the lease a working refresh holds, renewed at every step."""
+
+    __tablename__ = "refresh_leases"
+
+    model_name: Mapped[str] = mapped_column(sa.String(256), primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    holder: Mapped[str] = mapped_column(sa.String(256))
+    expires_at: Mapped[datetime]
+
+
 class ModelHeadRow(Base):
     """Which delta chain is live for a model; changed only by compare-and-set."""
 

@@ -1,0 +1,64 @@
+"""One refresh per model at a time, on real SQLite and PostgreSQL: a second refresh of the same
+model is refused while the first works, a run is declared dead only when its lease expired, and
+refreshes of two models run side by side."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from infra import repository as repo
+from infra.context import service_context
+from infra.demo.catalogue import generate_catalogue
+from infra.domain import Fact
+from infra.errors import InvalidState
+from infra.settings import Settings
+from tasks.ingest import ingest_changes
+from tasks.run_lease import keep_lease
+
+
+def _settings(db_url: str, tmp_path: Path, **overrides) -> Settings:
+    return Settings.load(home=tmp_path, database_url=db_url, **overrides)
+
+
+def _change(ctx, facts: list[Fact], i: int, value: str) -> None:
+    price = [f for f in facts if f.relation == "price"][i]
+    with ctx.db.session() as session:
+        repo.upsert_facts(session, [Fact(price.subject, "price", value)], changed_by="erp")
+
+
+def test_a_second_refresh_of_a_model_waits_for_the_first(db_url: str, tmp_path: Path) -> None:
+    facts = generate_catalogue(n_products=5)
+    with service_context(_settings(db_url, tmp_path)) as ctx:
+        with ctx.db.session() as session:
+            repo.seed_facts(session, facts)
+        _change(ctx, facts, 0, "$1")
+        first = ingest_changes(ctx, "demo", "saul", "worker-1")
+        _change(ctx, facts, 1, "$2")
+        with pytest.raises(InvalidState, match="already running"):
+            ingest_changes(ctx, "demo", "saul", "worker-2")
+        keep_lease(ctx, first.run_id)  # the first is untouched and still holds its lease
+        with ctx.db.session() as session:
+            assert repo.get_run(session, first.run_id).status == "ingested"
+        # another model refreshes side by side
+        other = ingest_changes(ctx, "other-model", "saul", "worker-3")
+        assert other.run_id is not None and other.run_id != first.run_id
+
+
+def test_a_run_is_declared_dead_only_when_its_lease_expired(db_url: str, tmp_path: Path) -> None:
+    facts = generate_catalogue(n_products=5)
+    with service_context(_settings(db_url, tmp_path, lease_ttl_seconds=1)) as ctx:
+        with ctx.db.session() as session:
+            repo.seed_facts(session, facts)
+        _change(ctx, facts, 0, "$1")
+        crashed = ingest_changes(ctx, "demo", "saul", "worker-1")
+        time.sleep(1.2)  # the worker died: nobody renews its lease
+        again = ingest_changes(ctx, "demo", "saul", "worker-2")
+        with ctx.db.session() as session:
+            dead = repo.get_run(session, crashed.run_id)
+        assert dead.status == "failed" and "lease expired" in str(dead.error)
+        assert again.run_id != crashed.run_id and again.outstanding == 1  # its change is redone
+        with pytest.raises(InvalidState, match="no longer holds"):
+            keep_lease(ctx, crashed.run_id)  # a late step of the dead run stops at once
