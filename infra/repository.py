@@ -38,6 +38,7 @@ from infra.db.models import (
     ModelHeadRow,
     RUN_STATUS_VALUES,
     RefreshRunRow,
+    RunArtifactRow,
     utc,
     utcnow,
 )
@@ -389,6 +390,21 @@ def update_run(session: Session, run_id: int, status: str | None = None, **field
     row.updated_at = utcnow()
     session.flush()
     return _run(row)
+
+
+def record_artifact(session: Session, run_id: int, name: str, sha256: str) -> None:
+    """Remember the sha256 of a run's stored file (a rewrite replaces it: the run wrote it again)."""
+    row = session.get(RunArtifactRow, (run_id, name))
+    if row is None:
+        session.add(RunArtifactRow(run_id=run_id, name=name, sha256=sha256))
+    else:
+        row.sha256 = sha256
+    session.flush()
+
+
+def artifact_sha(session: Session, run_id: int, name: str) -> str | None:
+    row = session.get(RunArtifactRow, (run_id, name))
+    return row.sha256 if row is not None else None
 
 
 def record_rejections(session: Session, run_id: int, rejections: Iterable[Rejection]) -> None:

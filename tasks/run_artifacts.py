@@ -5,13 +5,15 @@ Keeping them in the store, not on a local disk, lets the edit step run on anothe
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from infra.context import ServiceContext
 from infra.domain import EditRequest
-from infra.errors import NotFound
+from infra import repository as repo
+from infra.errors import IntegrityMismatch, NotFound
 from validation.sets import AgreementSet, RegressionSet
 
 
@@ -20,15 +22,28 @@ def artifact_key(run_id: int, name: str) -> str:
 
 
 def put_json(ctx: ServiceContext, run_id: int, name: str, value: Any) -> str:
+    """Store the file and record its sha256 with the run (the database is the reference, not the store)."""
     key = artifact_key(run_id, name)
-    ctx.store.put_blob(key, json.dumps(value, sort_keys=True, default=str).encode())
+    data = json.dumps(value, sort_keys=True, default=str).encode()
+    ctx.store.put_blob(key, data)
+    with ctx.db.session() as session:
+        repo.record_artifact(session, run_id, name, hashlib.sha256(data).hexdigest())
     return key
 
 
 def get_json(ctx: ServiceContext, run_id: int, name: str) -> Any:
+    """The file as the run wrote it; IntegrityMismatch when the stored bytes differ from the recorded sha256."""
+    with ctx.db.session() as session:
+        expected = repo.artifact_sha(session, run_id, name)
     data = ctx.store.get_blob(artifact_key(run_id, name))
     if data is None:
         raise NotFound(f"run {run_id} has no artefact {name!r}")
+    actual = hashlib.sha256(data).hexdigest()
+    if expected is None:
+        raise IntegrityMismatch(f"run {run_id}'s {name} has no recorded sha256; it was not written by the run")
+    if actual != expected:
+        raise IntegrityMismatch(f"run {run_id}'s {name} in the store has sha256 {actual[:12]}, the run recorded "
+                                f"{expected[:12]}: it was changed after the run wrote it; refusing to use it")
     return json.loads(data)
 
 

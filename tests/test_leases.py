@@ -62,3 +62,28 @@ def test_a_run_is_declared_dead_only_when_its_lease_expired(db_url: str, tmp_pat
         assert again.run_id != crashed.run_id and again.outstanding == 1  # its change is redone
         with pytest.raises(InvalidState, match="no longer holds"):
             keep_lease(ctx, crashed.run_id)  # a late step of the dead run stops at once
+
+
+def test_a_run_file_changed_in_the_store_is_refused(db_url: str, tmp_path: Path) -> None:
+    """Rewriting runs/<id>/sets.json to inject a value the database does not hold stops the edit."""
+    import json
+
+    from infra.errors import IntegrityMismatch
+    from tasks.edit import compute_delta
+    from tasks.evaluation_sets import build_sets
+    from tasks.run_artifacts import artifact_key, load_sets
+
+    facts = generate_catalogue(n_products=5)
+    with service_context(_settings(db_url, tmp_path)) as ctx:
+        with ctx.db.session() as session:
+            repo.seed_facts(session, facts)
+        _change(ctx, facts, 0, "$1")
+        run_id = ingest_changes(ctx, "demo", "saul", "worker-1").run_id
+        build_sets(ctx, run_id)
+        assert load_sets(ctx, run_id).targets[0].target_new == "$1"
+        key = artifact_key(run_id, "sets.json")
+        forged = json.loads(ctx.store.get_blob(key))
+        forged["targets"][0]["target_new"] = forged["requests"][0]["target_new"] = "$0.01"
+        ctx.store.put_blob(key, json.dumps(forged, sort_keys=True).encode())
+        with pytest.raises(IntegrityMismatch, match="changed after the run wrote it"):
+            compute_delta(ctx, run_id)

@@ -150,6 +150,16 @@ class RefreshRunRow(Base):
     flow_run_id: Mapped[str | None] = mapped_column(sa.String(64))
 
 
+class RunArtifactRow(Base):
+    """The sha256 of every file a run keeps in the store (sets, scores, tables): checked on every read."""
+
+    __tablename__ = "run_artifacts"
+
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("refresh_runs.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(256), primary_key=True)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+
+
 class ChangeRejectionRow(Base):
     __tablename__ = "change_rejections"
 
