@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -223,20 +225,48 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    from infra.audit import export_events, list_events, verify_chain
+    """show / verify [--anchor FILE] / export / anchor --out FILE / keygen."""
+    from infra.audit import export_events, head_anchor, list_events, verify_chain
     from infra.context import service_context
 
+    if args.audit_command == "keygen":
+        path = settings.audit_key_file
+        if path.exists():
+            console.print(f"audit key {path} exists; keeping it")
+            return 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+        console.print(f"audit key written to {path}; events from now on carry its MAC. Keep a copy outside the database host.")
+        return 0
     with service_context(settings) as ctx, ctx.db.session() as session:
         if args.audit_command == "verify":
-            report = verify_chain(session)
+            anchor = json.loads(Path(args.anchor).read_text()) if args.anchor else None
+            report = verify_chain(session, anchor=anchor)
             if report.ok:
-                console.print(f"[green]audit chain verified[/]: {report.events_checked} events, no changed or missing rows")
+                extra = (", keyed (MACs verified)" if report.keyed else ", NOT keyed (no audit key configured)")
+                extra += f", matches the anchor at seq {anchor['seq']}" if anchor else ", no anchor given"
+                console.print(f"[green]audit chain verified[/]: {report.events_checked} events, no changed or missing "
+                              f"rows, triggers in place{extra}")
                 return 0
-            console.print(f"[bold red]audit chain BROKEN[/] at seq {report.first_bad_seq}: {report.problem}")
+            where = f" at seq {report.first_bad_seq}" if report.first_bad_seq is not None else ""
+            console.print(f"[bold red]audit chain BROKEN[/]{where}: {report.problem}")
             return 3
         if args.audit_command == "export":
-            count = export_events(session, Path(args.out), args.format)
-            console.print(f"{count} audit events written to {args.out}")
+            count = export_events(session, Path(args.out or "audit.jsonl"), args.format)
+            console.print(f"{count} audit events written to {args.out or 'audit.jsonl'}")
+            return 0
+        if args.audit_command == "anchor":
+            anchor = head_anchor(session)
+            text = json.dumps(anchor, sort_keys=True) + "\n"
+            key = f"audit-anchors/{anchor['seq']:012d}-{anchor['hash'][:16]}.json"
+            ctx.store.put_blob(key, text.encode())
+            if args.out:
+                Path(args.out).write_text(text)
+            console.print(f"audit anchor at seq {anchor['seq']} ({anchor['hash'][:16]}) written to the store as {key}"
+                          + (f" and to {args.out}" if args.out else "")
+                          + "; keep a copy on write-once storage (e.g. an S3 bucket with Object Lock)")
             return 0
         print_audit(list_events(session)[-args.last:])
     return 0
@@ -365,9 +395,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None)
     p.add_argument("--max-new-tokens", type=int, default=8)
     p = add("audit", cmd_audit, "read, verify or export the audit trail")
-    p.add_argument("audit_command", choices=["show", "verify", "export"])
+    p.add_argument("audit_command", choices=["show", "verify", "export", "anchor", "keygen"])
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    p.add_argument("--out", default="audit.jsonl")
+    p.add_argument("--out", default=None, help="export: the file (default audit.jsonl); anchor: also write it here")
+    p.add_argument("--anchor", default=None, help="verify: an anchor file written by `kus audit anchor`")
     p.add_argument("--last", type=int, default=30)
     p = add("serve", cmd_serve, "serve the scheduled catalogue refresh (cron) with Prefect")
     p.add_argument("--cron", default="0 2 * * *")

@@ -98,6 +98,10 @@ def run_demo(settings: Settings, console: Console, size_name: str = "demo") -> i
     size = SIZES[size_name]
     started = time.perf_counter()
 
+    if settings.audit_key() is None:  # first run: key the audit trail before its first event
+        from flows.cli import main as cli_main
+
+        cli_main(["--quiet", "audit", "keygen"])
     console.rule("[bold]1. database and demo catalogue")
     with service_context(settings) as ctx, ctx.db.session() as session:
         if not repo.load_facts(session):

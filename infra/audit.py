@@ -13,12 +13,19 @@ Each event's ``hash`` is ``sha256(prev_hash + canonical_json(event))`` where the
 holds seq, at (ISO 8601, UTC, microseconds), actor, action, subject and payload with sorted keys
 and no spaces; the first event's ``prev_hash`` is 64 zeros. The database refuses UPDATE and
 DELETE on the table (triggers from migration 0001); the chain catches anyone who got round them.
+
+The hash algorithm is public, so someone who can drop the triggers could rewrite rows and
+recompute every hash. Two things stop that: each event's ``mac`` is an HMAC of its hash under a
+secret kept outside the database (the session's ``info["audit_key"]``, from `Database`), and an
+**anchor** (the newest seq and hash, exported with `anchor` to write-once storage) lets `verify_chain`
+catch deleted newest rows, which no chain can see by itself. It also reports missing triggers.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Iterator
@@ -36,7 +43,7 @@ from infra.errors import InvalidInput
 GENESIS_HASH = "0" * 64
 _PG_AUDIT_LOCK_CLASS = 0x61756474  # "audt": serialises appenders within one schema
 _BATCH = 1000
-EXPORT_FIELDS = ("seq", "at", "actor", "action", "subject", "payload", "prev_hash", "hash")
+EXPORT_FIELDS = ("seq", "at", "actor", "action", "subject", "payload", "prev_hash", "hash", "mac")
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class AuditEvent:
     payload: dict[str, Any]
     prev_hash: str
     hash: str
+    mac: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The event as plain JSON values (``at`` as ISO text), the shape of an export line."""
@@ -61,6 +69,7 @@ class AuditEvent:
             "payload": self.payload,
             "prev_hash": self.prev_hash,
             "hash": self.hash,
+            "mac": self.mac,
         }
 
 
@@ -70,6 +79,12 @@ class ChainReport:
     events_checked: int
     first_bad_seq: int | None
     problem: str | None
+    keyed: bool = False
+    anchored: bool = False
+
+
+def event_mac(key: bytes, digest: str) -> str:
+    return hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 def canonical_json(value: Any) -> str:
@@ -115,6 +130,7 @@ def append_event(
     seq, prev_hash = (last.seq + 1, last.hash) if last is not None else (1, GENESIS_HASH)
     at = utcnow()
     digest = event_hash(prev_hash, seq, at, actor, action, subject, stored_payload)
+    key = session.info.get("audit_key")
     row = AuditEventRow(
         seq=seq,
         at=at,
@@ -124,6 +140,7 @@ def append_event(
         payload=stored_payload,
         prev_hash=prev_hash,
         hash=digest,
+        mac=event_mac(key, digest) if key else None,
     )
     session.add(row)
     session.flush()
@@ -138,17 +155,20 @@ def list_events(session: Session, after_seq: int = 0, limit: int | None = None) 
     return [_event(r) for r in session.scalars(query)]
 
 
-def verify_chain(session: Session) -> ChainReport:
-    """Walk the whole chain and report the first event that does not hold.
+def verify_chain(session: Session, key: bytes | None = None, anchor: dict[str, Any] | None = None,
+                 check_triggers: bool = True) -> ChainReport:
+    """Walk the whole chain and report the first thing that does not hold.
 
     Detected: a changed row (its hash no longer matches its content), a deleted row (a gap in
-    seq, or a ``prev_hash`` that does not match the event before), a forged first event.
-    Not detectable by design: a truncated tail (the newest events deleted). A chain checks its
-    past, not its length; compare the last hash with one kept elsewhere (an export, a ticket,
-    a signed note) to catch that.
+    seq, or a ``prev_hash`` that does not match the event before), a forged first event; with
+    `key` (default: the session's audit key), a row rewritten with recomputed hashes (its MAC no
+    longer verifies); with an `anchor` ({"seq", "hash"} exported earlier), deleted newest rows and
+    any rewrite up to the anchor; with `check_triggers`, dropped append-only triggers.
     """
+    key = key if key is not None else session.info.get("audit_key")
     checked = 0
     expected_seq, expected_prev = 1, GENESIS_HASH
+    anchored_hash = None
     for event in _iter_events(session):
         checked += 1
         if event.seq != expected_seq:
@@ -162,8 +182,54 @@ def verify_chain(session: Session) -> ChainReport:
         if event.prev_hash != expected_prev:
             problem = f"seq {event.seq}: prev_hash does not match the previous event's hash"
             return _bad(checked, event.seq, problem)
+        if key and (event.mac is None or not hmac.compare_digest(event.mac, event_mac(key, event.hash))):
+            what = "has no MAC" if event.mac is None else "MAC does not verify (rewritten and re-hashed?)"
+            return _bad(checked, event.seq, f"seq {event.seq}: {what}")
+        if anchor is not None and event.seq == int(anchor["seq"]):
+            anchored_hash = event.hash
         expected_seq, expected_prev = event.seq + 1, event.hash
-    return ChainReport(True, checked, None, None)
+    if anchor is not None:
+        seq = int(anchor["seq"])
+        if checked < seq:
+            return _bad(checked, checked + 1, f"truncated: the anchor names seq {seq}, the trail ends at seq {checked} "
+                                              f"(the newest {seq - checked} events were deleted)")
+        if anchored_hash != anchor["hash"]:
+            return _bad(checked, seq, f"seq {seq} differs from the anchored hash (history rewritten)")
+    if check_triggers:
+        missing = missing_triggers(session)
+        if missing:
+            return _bad(checked, None, f"append-only triggers missing: {', '.join(missing)} (dropped?)")
+    return ChainReport(True, checked, None, None, keyed=bool(key), anchored=anchor is not None)
+
+
+def head_anchor(session: Session) -> dict[str, Any]:
+    """The newest event's seq, hash and MAC: export it to write-once storage, verify against it later."""
+    last = session.execute(
+        sa.select(AuditEventRow.seq, AuditEventRow.hash, AuditEventRow.mac, AuditEventRow.at)
+        .order_by(AuditEventRow.seq.desc()).limit(1)
+    ).first()
+    if last is None:
+        return {"seq": 0, "hash": GENESIS_HASH, "mac": None, "at": None}
+    return {"seq": last.seq, "hash": last.hash, "mac": last.mac, "at": _iso(last.at)}
+
+
+#: The append-only triggers migration 0001 creates, per dialect.
+EXPECTED_TRIGGERS = {
+    "sqlite": ("audit_events_no_update", "audit_events_no_delete"),
+    "postgresql": ("audit_events_no_update", "audit_events_no_delete", "audit_events_no_truncate"),
+}
+
+
+def missing_triggers(session: Session) -> list[str]:
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        present = set(session.scalars(sa.text("SELECT name FROM sqlite_master WHERE type = 'trigger'")))
+    elif dialect == "postgresql":
+        present = set(session.scalars(sa.text(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'audit_events'::regclass AND NOT tgisinternal")))
+    else:
+        return []
+    return [name for name in EXPECTED_TRIGGERS.get(dialect, ()) if name not in present]
 
 
 def export_events(session: Session, path: Path, fmt: Literal["jsonl", "csv"]) -> int:
@@ -207,7 +273,7 @@ def _iter_events(session: Session) -> Iterator[AuditEvent]:
         after = batch[-1].seq
 
 
-def _bad(checked: int, seq: int, problem: str) -> ChainReport:
+def _bad(checked: int, seq: int | None, problem: str) -> ChainReport:
     return ChainReport(ok=False, events_checked=checked, first_bad_seq=seq, problem=problem)
 
 
@@ -225,4 +291,5 @@ def _event(row: AuditEventRow) -> AuditEvent:
         payload=row.payload,
         prev_hash=row.prev_hash,
         hash=row.hash,
+        mac=row.mac,
     )

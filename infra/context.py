@@ -32,7 +32,7 @@ class ServiceContext:
         """Connect to the database (migrating it to head) and the delta store (creating the bucket)."""
         settings = settings or Settings.load()
         settings.home.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, audit_key=settings.audit_key())
         db.upgrade()
         store = open_delta_store(
             settings.delta_store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_checksums=settings.s3_checksums

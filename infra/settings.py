@@ -76,11 +76,31 @@ class Settings:
     #: seconds a refresh's lease lasts without renewal (every step renews it); a crashed run is
     #: declared dead only after its lease expired
     lease_ttl_seconds: int = 7200
+    #: file holding the secret that keys the audit trail (HMAC); default $KUS_HOME/keys/audit.key when it
+    #: exists. Keep it outside the database (a mounted secret): whoever holds only the database cannot
+    #: rewrite history and recompute the chain.
+    audit_key_path: Path | None = None
     thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
 
     @property
     def model_path(self) -> Path:
         return self.base_model_path or self.home / "models" / self.model_name
+
+    @property
+    def audit_key_file(self) -> Path:
+        return self.audit_key_path or self.home / "keys" / "audit.key"
+
+    def audit_key(self) -> bytes | None:
+        """The audit secret's bytes, or None when none is configured (the chain is then unkeyed)."""
+        path = self.audit_key_file
+        if not path.is_file():
+            if self.audit_key_path is not None:
+                raise InvalidInput(f"audit key file {path} does not exist")
+            return None
+        key = path.read_bytes().strip()
+        if len(key) < 32:
+            raise InvalidInput(f"audit key in {path} is shorter than 32 bytes")
+        return key
 
     @property
     def reviewer_keys_file(self) -> Path:
@@ -120,6 +140,7 @@ class Settings:
             "KUS_AGREEMENT_SAMPLE": "agreement_sample",
             "KUS_SIGNING_KEY": "signing_key_path",
             "KUS_LEASE_TTL": "lease_ttl_seconds",
+            "KUS_AUDIT_KEY_FILE": "audit_key_path",
             "KUS_REVIEWER_KEYS": "reviewer_keys_path",
         }
         for var, key in env_map.items():
@@ -148,7 +169,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
     for key in ("home", "base_model_path", "templates_path", "heldout_text_path", "stats_corpus_path", "signing_key_path",
-                "reviewer_keys_path"):
+                "reviewer_keys_path", "audit_key_path"):
         if isinstance(out.get(key), str):
             out[key] = Path(out[key])
     if isinstance(out.get("reviewers"), str):

@@ -202,3 +202,57 @@ def test_export_jsonl_and_csv_round_trip(db: Database, tmp_path: Path) -> None:
     assert [json.loads(r["payload"]) for r in rows] == PAYLOADS
     assert [r["hash"] for r in rows] == [e.hash for e in events]
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+KEY = b"k" * 32
+
+
+def _rewrite_history(db: Database, seq: int) -> None:
+    """A database admin without the audit key: drop the triggers, change a row, recompute every hash
+    from it on with the public algorithm (the MACs cannot be recomputed without the key)."""
+    _drop_trigger(db, "update")
+    with db.session() as s:
+        events = list_events(s)
+        prev = events[seq - 2].hash if seq > 1 else GENESIS_HASH
+        for event in events[seq - 1:]:
+            payload = {"forged": True} if event.seq == seq else event.payload
+            digest = event_hash(prev, event.seq, event.at, event.actor, event.action, event.subject, payload)
+            s.execute(sa.text("UPDATE audit_events SET payload = :p, prev_hash = :prev, hash = :h WHERE seq = :seq"),
+                      {"p": json.dumps(payload), "prev": prev, "h": digest, "seq": event.seq})
+            prev = digest
+
+
+def test_a_rewrite_with_recomputed_hashes_is_caught_by_the_key(db_url: str) -> None:
+    keyed = Database(db_url, audit_key=KEY)
+    keyed.upgrade()
+    try:
+        _fill(keyed)
+        with keyed.session() as s:
+            assert verify_chain(s).ok and verify_chain(s).keyed
+        _rewrite_history(keyed, 3)
+        with keyed.session() as s:
+            report = verify_chain(s, check_triggers=False)
+            assert not report.ok and report.first_bad_seq == 3 and "MAC" in str(report.problem)
+            # the same rows pass an unkeyed check: the public hash chain alone cannot see this
+            assert verify_chain(s, key=b"", check_triggers=False).ok
+            # and the dropped trigger is reported on its own
+            triggers = verify_chain(s, key=b"")
+            assert not triggers.ok and "audit_events_no_update" in str(triggers.problem)
+    finally:
+        keyed.dispose()
+
+
+def test_deleted_newest_rows_are_caught_by_an_anchor(db: Database) -> None:
+    from infra.audit import head_anchor
+
+    _fill(db)
+    with db.session() as s:
+        anchor = head_anchor(s)
+    assert anchor["seq"] == len(PAYLOADS)
+    _drop_trigger(db, "delete")
+    with db.session() as s:
+        s.execute(sa.text("DELETE FROM audit_events WHERE seq >= 4"))
+    with db.session() as s:
+        assert verify_chain(s, check_triggers=False).ok  # a shorter chain is still a valid chain ...
+        report = verify_chain(s, anchor=anchor, check_triggers=False)
+    assert not report.ok and "truncated" in str(report.problem) and report.first_bad_seq == 4  # ... but not the anchored one

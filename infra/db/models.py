@@ -224,3 +224,5 @@ class AuditEventRow(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(_json())
     prev_hash: Mapped[str] = mapped_column(sa.String(64))
     hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    #: HMAC-SHA256 of `hash` under the audit key (None when the trail is not keyed)
+    mac: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)

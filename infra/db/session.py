@@ -38,7 +38,8 @@ _PG_MIGRATION_LOCK_CLASS = 0x6B7573  # "kus"
 class Database:
     """One engine and its session factory for one database URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, audit_key: bytes | None = None) -> None:
+        """`audit_key`: the secret (kept outside the database) that keys the audit trail's MACs."""
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
@@ -52,7 +53,7 @@ class Database:
         self.engine = sa.create_engine(url, **kwargs)
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info={"audit_key": audit_key})
 
     def __repr__(self) -> str:
         return f"Database({make_url(self.url).render_as_string(hide_password=True)!r})"
