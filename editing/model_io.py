@@ -28,10 +28,16 @@ def load_model(path: Path, device: str = "cpu", dtype: torch.dtype | None = None
     path = Path(path)
     if not (path / "config.json").is_file():
         raise NotFound(f"no model at {path} (expected a transformers model directory with config.json)")
+    if not ((path / "model.safetensors").is_file() or any(path.glob("model-*-of-*.safetensors"))):
+        raise NotFound(
+            f"no safetensors weights in {path} (model.safetensors or model-*-of-*.safetensors); pickle weights "
+            "such as pytorch_model.bin are never loaded (they can run code): convert them with "
+            "transformers' save_pretrained(..., safe_serialization=True)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs = {"local_files_only": True}
+    kwargs = {"local_files_only": True, "use_safetensors": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
     from transformers.utils import logging as hf_logging

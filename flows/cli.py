@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -39,16 +41,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    settings = Settings.load()
-    configure_logging(settings.home, quiet=args.quiet)
-    from flows.prefect_setup import configure_prefect
-
-    configure_prefect(settings, quiet=args.command == "demo" or args.quiet)
     try:
+        settings = Settings.load()
+        log_file = configure_logging(settings.home, quiet=args.quiet)
+        from flows.prefect_setup import configure_prefect
+
+        configure_prefect(settings, quiet=args.command == "demo" or args.quiet)
         return int(args.handler(args, settings) or 0)
     except ServiceError as exc:
         console.print(f"[bold red]error[/] {exc}")
         return 1
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]")
+        return 130
+    except Exception as exc:  # one line for the user; the traceback in the log, or on screen with --debug
+        if args.debug:
+            raise
+        logging.getLogger("flows.cli").debug("unexpected error", exc_info=True)
+        where = f"; the traceback is in {log_file}" if "log_file" in locals() and log_file else ""
+        first = (str(exc).strip().splitlines() or [""])[0]
+        console.print(f"[bold red]error[/] {type(exc).__name__}: {mask_secrets(first)}{where} (--debug shows it here)",
+                      soft_wrap=True)
+        return 1
+
+
+def mask_secrets(text: str) -> str:
+    """Passwords in URLs (scheme://user:password@host) are never printed."""
+    return re.sub(r"(\w+://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -66,7 +85,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     from infra.context import service_context
 
     with service_context(settings) as ctx:
-        console.print(f"database ready at {ctx.db.url}; delta store {ctx.store.uri}")
+        console.print(f"database ready at {ctx.db.safe_url}; delta store {ctx.store.uri}")
     return 0
 
 
@@ -347,6 +366,7 @@ def print_audit(events: Sequence[Any]) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kus", description="Knowledge-update service for LLMs")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(dest="command")
 
     def add(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:

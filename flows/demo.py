@@ -108,7 +108,7 @@ def run_demo(settings: Settings, console: Console, size_name: str = "demo") -> i
             seed = seed_catalogue(size)
             repo.seed_facts(session, seed)
             append_event(session, CATALOGUE_TEAM, "seed_catalogue", "facts", {"facts": len(seed)})
-            console.print(f"loaded {len(seed)} facts ({size.n_products} products) into {ctx.db.url}")
+            console.print(f"loaded {len(seed)} facts ({size.n_products} products) into {ctx.db.safe_url}")
         else:
             console.print("catalogue already loaded; reusing it")
 

@@ -13,7 +13,6 @@ import getpass
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from infra.db.session import Database
@@ -21,26 +20,37 @@ from infra.delta_store import DeltaStore, open_delta_store
 from infra.settings import Settings
 
 
-@dataclass
 class ServiceContext:
-    settings: Settings
-    db: Database
-    store: DeltaStore
+    """Settings, the database, and the delta store, opened on first use: commands that only read
+    the database (`kus runs`, `kus show`, `kus audit verify`) work while the store is unreachable,
+    and a failed run can be marked failed without it."""
+
+    def __init__(self, settings: Settings, db: Database, store: DeltaStore | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self._store = store
+
+    @property
+    def store(self) -> DeltaStore:
+        if self._store is None:
+            store = open_delta_store(
+                self.settings.delta_store_uri, s3_endpoint_url=self.settings.s3_endpoint_url,
+                s3_checksums=self.settings.s3_checksums,
+            )
+            ensure = getattr(store, "ensure_bucket", None)
+            if callable(ensure):
+                ensure()
+            self._store = store
+        return self._store
 
     @classmethod
     def open(cls, settings: Settings | None = None) -> "ServiceContext":
-        """Connect to the database (migrating it to head) and the delta store (creating the bucket)."""
+        """Connect to the database (migrating it to head); the delta store connects when first used."""
         settings = settings or Settings.load()
         settings.home.mkdir(parents=True, exist_ok=True)
         db = Database(settings.database_url, audit_key=settings.audit_key())
         db.upgrade()
-        store = open_delta_store(
-            settings.delta_store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_checksums=settings.s3_checksums
-        )
-        ensure = getattr(store, "ensure_bucket", None)
-        if callable(ensure):
-            ensure()
-        return cls(settings=settings, db=db, store=store)
+        return cls(settings=settings, db=db)
 
     def close(self) -> None:
         self.db.dispose()

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 
-def kus(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+def kus(*args: str, home: Path, **env_vars: str) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("kus")
-    env = dict(os.environ, KUS_HOME=str(home), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, KUS_HOME=str(home), HF_HUB_OFFLINE="1", **env_vars)
     return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -29,3 +29,41 @@ def test_errors_are_one_clear_line_and_a_nonzero_exit(tmp_path: Path) -> None:
     assert "not_found" in result.stdout and "42" in result.stdout
     result = kus("--quiet", "rollback", "--reason", "nothing to undo", home=tmp_path)
     assert result.returncode == 1 and "no promoted delta" in result.stdout
+
+
+def test_read_only_commands_work_while_the_store_is_down(tmp_path: Path) -> None:
+    down = {"KUS_DELTA_STORE": "s3://kus-nowhere/deltas", "KUS_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+            "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
+    for args in (("runs",), ("audit", "verify"), ("audit", "show")):
+        result = kus("--quiet", *args, home=tmp_path, **down)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+
+
+def test_no_password_is_ever_printed(tmp_path: Path) -> None:
+    """Trust auth ignores the password, so the URL works; it must never be shown."""
+    secret = "s3cr3t-pw-do-not-print"
+    url = f"postgresql+psycopg2://postgres:{secret}@127.0.0.1:5432/test"
+    result = kus("init", home=tmp_path, KUS_DATABASE_URL=url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "postgres:***@127.0.0.1" in result.stdout
+    bad = kus("init", home=tmp_path, KUS_DATABASE_URL=f"postgresql+psycopg2://postgres:{secret}@127.0.0.1:1/test")
+    assert bad.returncode == 1
+    for out in (result.stdout, result.stderr, bad.stdout, bad.stderr):
+        assert secret not in out
+    assert len(bad.stdout.strip().splitlines()) == 1 and "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_pickle_weights_are_never_loaded(tmp_path: Path) -> None:
+    import pytest
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from editing.model_io import load_model
+    from infra.errors import NotFound
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    import torch
+
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle: loading it could run code
+    with pytest.raises(NotFound, match="safetensors"):
+        load_model(tmp_path)

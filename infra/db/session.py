@@ -55,8 +55,13 @@ class Database:
             _configure_sqlite(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, info={"audit_key": audit_key})
 
+    @property
+    def safe_url(self) -> str:
+        """The URL with its password masked: the only form that is ever printed or logged."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
     def __repr__(self) -> str:
-        return f"Database({make_url(self.url).render_as_string(hide_password=True)!r})"
+        return f"Database({self.safe_url!r})"
 
     def upgrade(self) -> None:
         """Bring the schema to the newest migration (a no-op when already there)."""
