@@ -67,3 +67,17 @@ def test_pickle_weights_are_never_loaded(tmp_path: Path) -> None:
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle: loading it could run code
     with pytest.raises(NotFound, match="safetensors"):
         load_model(tmp_path)
+
+
+def test_the_demo_runs_two_gated_refreshes_and_prints_agreement(tmp_path: Path) -> None:
+    """The main job end to end on the tiny world: two refreshes, each approved (signed) only when its
+    retention suite passed and rejected otherwise (exit 3), catalogue agreement printed, audit keyed."""
+    result = kus("demo", "--size", "tiny", home=tmp_path, COLUMNS="200")
+    out = result.stdout
+    assert result.returncode in (0, 3), out[-3000:] + result.stderr[-3000:]
+    assert out.count("catalogue agreement") >= 2 and "retention validation" in out
+    assert ("approved by demo-reviewer" in out) or ("rejected by demo-reviewer" in out)
+    assert "--override-validation" not in out and "override" not in out.lower()
+    assert "audit chain verified" in out
+    assert (result.returncode == 0) == ("rejects the run" not in out)
+    assert (tmp_path / "keys" / "audit.key").is_file() and (tmp_path / "reviewer_keys.json").is_file()

@@ -224,3 +224,24 @@ def test_missing_template_is_refused(tmp_path: Path, tiny_world) -> None:  # noq
     odd = [*facts, Fact(facts[0].subject, "voltage", "230 V")]
     with pytest.raises(InvalidInput):
         build_demo_model(odd, templates, tmp_path / "m", DemoModelConfig.tiny(), progress=False)
+
+
+def test_a_base_model_that_deltas_depend_on_is_never_replaced(tiny_world, tmp_path: Path) -> None:
+    """`kus demo --size X` over a home whose model has deltas must not swap the base under them."""
+    import dataclasses
+    import shutil
+
+    from infra.demo.model_builder import DemoModelConfig, ensure_demo_model
+    from infra.errors import InvalidState
+
+    facts, templates, report = tiny_world
+    model_dir = tmp_path / "models" / "demo"
+    shutil.copytree(report.path, model_dir)
+    before = (model_dir / "model.safetensors").read_bytes()
+    other = dataclasses.replace(DemoModelConfig.tiny(), seed=7)  # another build key
+    with pytest.raises(InvalidState, match="refusing to replace"):
+        ensure_demo_model(model_dir, facts, templates, other, progress=False, keep_existing=True)
+    assert (model_dir / "model.safetensors").read_bytes() == before
+    # the same build key is simply reused
+    assert ensure_demo_model(model_dir, facts, templates, DemoModelConfig.tiny(), progress=False,
+                             keep_existing=True).reused
