@@ -107,7 +107,7 @@ def cmd_import_facts(args: argparse.Namespace, settings: Settings) -> int:
                      {"rows_ok": len(result.facts), "rows_rejected": len(result.errors), "changes": len(changes),
                       "rejections": [{"line": e.line, "reason": e.reason} for e in result.errors]})
     console.print(f"{len(result.facts)} rows read, {len(changes)} facts changed, {len(result.errors)} rows rejected")
-    return 1 if result.errors and not result.facts else 0
+    return 4 if result.errors else 0  # any rejected row: the caller must look (the good rows are imported)
 
 
 def cmd_refresh(args: argparse.Namespace, settings: Settings) -> int:

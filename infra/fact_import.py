@@ -25,7 +25,9 @@ Templates (YAML or JSON)::
 from __future__ import annotations
 
 import csv
+import io
 import json
+import unicodedata
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -41,6 +43,8 @@ from infra.errors import InvalidInput, NotFound
 REQUIRED_FIELDS = ("subject", "relation", "object")
 OPTIONAL_FIELDS = ("valid_from",)
 CSV_SUFFIXES = (".csv",)
+#: Longest field accepted at import (subjects, relations, objects are names and values, not prose).
+MAX_FIELD_CHARS = 256
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TEMPLATE_KEYS = ("prompt", "paraphrases", "answer_format")
 
@@ -119,8 +123,20 @@ def read_facts(
 _Row = tuple[int, str, dict[str, Any], str | None]  # line, raw text, values, problem
 
 
+def read_text_strict(path: Path) -> str:
+    """The file as UTF-8 text, or InvalidInput naming the line of the first byte that is not UTF-8
+    (a binary file or another encoding is refused whole: its rows cannot be trusted)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InvalidInput(f"{path}: line {line} is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+                           f"{exc.start}); save the file as UTF-8") from None
+
+
 def _csv_rows(path: Path) -> Iterator[_Row]:
-    lines = path.read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    lines = read_text_strict(path).splitlines(keepends=True)
     consumed: list[str] = []
 
     def feed() -> Iterator[str]:
@@ -172,30 +188,30 @@ def _csv_rows(path: Path) -> Iterator[_Row]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[_Row]:
-    with path.open(encoding="utf-8-sig") as handle:
-        for line, text in enumerate(handle, start=1):
-            raw = text.rstrip("\r\n")
-            if not raw.strip():
-                continue
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                yield line, raw, {}, f"malformed JSON: {exc.msg} at column {exc.colno}"
-                continue
-            if not isinstance(value, dict):
-                yield line, raw, {}, f"expected a JSON object, got {type(value).__name__}"
-                continue
-            missing = [f for f in REQUIRED_FIELDS if f not in value]
-            unknown = sorted(k for k in value if k not in REQUIRED_FIELDS + OPTIONAL_FIELDS)
-            if missing:
-                yield line, raw, {}, f"missing field(s) {', '.join(missing)}"
-            elif unknown:
-                yield line, raw, {}, (
-                    f"unknown field(s) {', '.join(unknown)}; "
-                    f"expected {', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}"
-                )
-            else:
-                yield line, raw, value, None
+    # the whole file is decoded first, so an encoding error names its line
+    for line, text in enumerate(io.StringIO(read_text_strict(path)), start=1):
+        raw = text.rstrip("\r\n")
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            yield line, raw, {}, f"malformed JSON: {exc.msg} at column {exc.colno}"
+            continue
+        if not isinstance(value, dict):
+            yield line, raw, {}, f"expected a JSON object, got {type(value).__name__}"
+            continue
+        missing = [f for f in REQUIRED_FIELDS if f not in value]
+        unknown = sorted(k for k in value if k not in REQUIRED_FIELDS + OPTIONAL_FIELDS)
+        if missing:
+            yield line, raw, {}, f"missing field(s) {', '.join(missing)}"
+        elif unknown:
+            yield line, raw, {}, (
+                f"unknown field(s) {', '.join(unknown)}; "
+                f"expected {', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}"
+            )
+        else:
+            yield line, raw, value, None
 
 
 def _to_fact(values: dict[str, Any], known: set[str] | None, source: str) -> tuple[Fact | None, str | None]:
@@ -211,6 +227,11 @@ def _to_fact(values: dict[str, Any], known: set[str] | None, source: str) -> tup
         value = value.strip()
         if not value and name in REQUIRED_FIELDS:
             return None, f"empty field {name}"
+        bad = next((i for i, ch in enumerate(value) if unicodedata.category(ch) in ("Cc", "Cf", "Cs")), None)
+        if bad is not None:
+            return None, f"field {name} contains control character U+{ord(value[bad]):04X} at position {bad + 1}"
+        if len(value) > MAX_FIELD_CHARS:
+            return None, f"field {name} has {len(value)} characters, more than {MAX_FIELD_CHARS}"
         clean[name] = value
     if known is not None and clean["relation"] not in known:
         listed = ", ".join(sorted(known)) or "none"

@@ -192,3 +192,35 @@ def test_bad_template_files(tmp_path: Path) -> None:
         load_templates(_write(tmp_path, "e.toml", ""))
     with pytest.raises(NotFound):
         load_templates(tmp_path / "missing.yaml")
+
+
+def test_control_characters_long_values_and_foreign_encodings_are_refused_with_their_line(tmp_path: Path) -> None:
+    import json as _json
+
+    from infra.fact_import import MAX_FIELD_CHARS, read_facts
+
+    rows = [
+        {"subject": "Axta Kettle K1", "relation": "price", "object": "$49"},
+        {"subject": "Axta Kettle K2", "relation": "price", "object": "$5\u00009"},            # NUL
+        {"subject": "Axta \u001b[31mKettle K3", "relation": "price", "object": "$59"},       # ANSI escape
+        {"subject": "Axta Kettle K4", "relation": "price", "object": "$6\n9"},               # newline
+        {"subject": "Axta Kettle K5", "relation": "price", "object": "x" * (MAX_FIELD_CHARS + 1)},
+        {"subject": "Axta Kettle K6", "relation": "price", "object": "$79"},
+    ]
+    path = tmp_path / "facts.jsonl"
+    path.write_text("\n".join(_json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    result = read_facts(path)
+    assert [f.subject for f in result.facts] == ["Axta Kettle K1", "Axta Kettle K6"]  # the good rows are kept
+    reasons = {e.line: e.reason for e in result.errors}
+    assert sorted(reasons) == [2, 3, 4, 5]
+    assert "U+0000" in reasons[2] and "U+001B" in reasons[3] and "U+000A" in reasons[4]
+    assert "more than" in reasons[5]
+
+    latin1 = tmp_path / "facts.csv"
+    latin1.write_bytes("subject,relation,object\nAxta Kettle K1,price,$49\nCaf\xe9 Maker C2,price,$99\n".encode("latin-1"))
+    with pytest.raises(InvalidInput, match="line 3 is not UTF-8"):
+        read_facts(latin1)
+    binary = tmp_path / "dump.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    with pytest.raises(InvalidInput, match="not UTF-8"):
+        read_facts(binary)
