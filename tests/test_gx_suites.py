@@ -47,6 +47,9 @@ BAD = [
     (18, "Kite Z3", "colour", "red", "y" * 65, T0),  # too long
     (19, "Kite Z4", "colour", "red", "", T0),  # empty new object
     (20, "Kite Z5", "colour", "red", None, T0),  # null new object
+    (21, "Kite\x00 Z6", "colour", "red", "blue", T0),  # NUL in the subject
+    (22, "Kite Z7", "colour", "red", "\x1b[31mblue", T0),  # an ANSI escape in the value
+    (23, "Kite Z8", "colour", "red", "blue\ngreen", T0),  # a newline in the value
 ]
 
 
@@ -67,6 +70,9 @@ def test_incoming_suite_rejects_exactly_the_bad_rows_with_reasons():
         18: ("expect_column_value_lengths_to_be_between(new_object)", "65 characters"),
         19: ("expect_column_values_to_match_regex(new_object)", "''"),
         20: ("expect_column_values_to_not_be_null(new_object)", "new_object is null"),
+        21: ("expect_column_values_to_not_match_regex(subject)", "control character"),
+        22: ("expect_column_values_to_not_match_regex(new_object)", "control character"),
+        23: ("expect_column_values_to_not_match_regex(new_object)", "control character"),
     }
     for change_id, (expectation, value) in expect.items():
         assert expectation in reasons[change_id], reasons[change_id]

@@ -39,6 +39,8 @@ __all__ = [
 
 INCOMING_COLUMNS = ("change_id", "subject", "relation", "old_object", "new_object", "changed_at")
 _CONFLICT_COLUMN = "conflicting_new_objects"
+#: C0 controls and DEL: never part of a product's name or value, and they reach prompts verbatim
+_CONTROL_CHARS = r"[\x00-\x1f\x7f]"
 _NOOP_COLUMN = "is_noop"
 
 #: threshold name -> (metric row of the retention table, 'min' | 'max'); a threshold may check several metrics.
@@ -143,6 +145,10 @@ def _incoming_expectations(known_relations: Collection[str], max_object_chars: i
         (gxe.ExpectColumnValuesToBeUnique(column="change_id"), lambda row, v: f"change_id {v} appears more than once"),
         (gxe.ExpectColumnValuesToNotBeNull(column="subject"), lambda row, v: "subject is null"),
         (gxe.ExpectColumnValuesToMatchRegex(column="subject", regex=r"\S"), lambda row, v: f"subject {v!r} is empty or blank"),
+        (
+            gxe.ExpectColumnValuesToNotMatchRegex(column="subject", regex=_CONTROL_CHARS),
+            lambda row, v: f"subject {v!r} contains a control character (NUL, escape, newline, ...)",
+        ),
         (gxe.ExpectColumnValuesToNotBeNull(column="relation"), lambda row, v: "relation is null"),
         (
             gxe.ExpectColumnValuesToBeInSet(column="relation", value_set=relations),
@@ -150,6 +156,10 @@ def _incoming_expectations(known_relations: Collection[str], max_object_chars: i
         ),
         (gxe.ExpectColumnValuesToNotBeNull(column="new_object"), lambda row, v: "new_object is null"),
         (gxe.ExpectColumnValuesToMatchRegex(column="new_object", regex=r"\S"), lambda row, v: f"new_object {v!r} is empty or blank"),
+        (
+            gxe.ExpectColumnValuesToNotMatchRegex(column="new_object", regex=_CONTROL_CHARS),
+            lambda row, v: f"new_object {v!r} contains a control character (NUL, escape, newline, ...)",
+        ),
         (
             gxe.ExpectColumnValueLengthsToBeBetween(column="new_object", min_value=1, max_value=max_object_chars),
             lambda row, v: f"new_object {v!r} has {len(str(v))} characters, outside [1, {max_object_chars}]",
