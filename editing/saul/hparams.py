@@ -29,8 +29,8 @@ class SAULHParams:
 
     `corpus_share` (our addition): that share of the augmented rows is a generic sentence from the
     context's corpus (the key-statistics text, never the held-out text), learned in full, so the
-    edit also keeps ordinary text as it was (on the demo model it turns a perplexity rise of 3.4x
-    into none; bench/results/finetune_editors.md).
+    edit also keeps ordinary text as it was (on the demo's first refresh, held-out perplexity drifts
+    +255% without them and -11% with a quarter of the rows; bench/results/edit_profile_search.md).
 
     `near_share` (our addition): that share of the augmented rows is a pool fact of an edited
     subject (its other relations), the facts an edit most easily drags along.
