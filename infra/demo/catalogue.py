@@ -81,8 +81,12 @@ RENAME_TAILS: tuple[str, ...] = ("ford", "wick", "mont", "ley", "gard", "holm", 
 # and embeddings would) without ever having seen the new name itself.
 _OTHER_HEADS = ("Kel", "Ash", "Bel", "Nor", "Ridge", "Lin")
 _OTHER_TAILS = ("vale", "ton", "port", "more", "dale", "field")
+#: Words a new manufacturer name may end with ("Fenstead Group"); other companies carry them too,
+#: or the model could not spell a renamed "... Group" it has never seen a word of.
+RENAME_SUFFIXES: tuple[str, ...] = ("", " Group", " Brands", " Works")
+_OTHER_NAMES = [h + t for h in RENAME_HEADS for t in _OTHER_TAILS] + [h + t for h in _OTHER_HEADS for t in RENAME_TAILS]
 OTHER_COMPANIES: tuple[str, ...] = tuple(
-    [h + t for h in RENAME_HEADS for t in _OTHER_TAILS] + [h + t for h in _OTHER_HEADS for t in RENAME_TAILS]
+    _OTHER_NAMES + [name + RENAME_SUFFIXES[1 + i % 3] for i, name in enumerate(_OTHER_NAMES)]
 )
 
 # Product lines are built from their own syllables, disjoint from every manufacturer's name.

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from infra.demo.catalogue import (
     PRICE_LADDER,
     RENAME_HEADS,
+    RENAME_SUFFIXES,
     RENAME_TAILS,
     WARRANTY_TERMS,
     format_price,
@@ -29,7 +30,6 @@ SOURCE = "demo-erp"
 
 # New manufacturer names are built from syllables no product line or demo manufacturer uses
 # (the generic text knows them only from other companies' names).
-_RENAME_SUFFIXES = ("", " Group", " Brands", " Works")
 _EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
 
 
@@ -42,7 +42,7 @@ def apply_changes(current: Sequence[Fact], changes: Sequence[Fact]) -> list[Fact
 
 def _new_manufacturer_name(rng: random.Random, taken: set[str], subjects: Sequence[str]) -> str:
     words = {w for s in subjects for w in s.split()}
-    candidates = [h + t + s for h in RENAME_HEADS for t in RENAME_TAILS for s in _RENAME_SUFFIXES]
+    candidates = [h + t + s for h in RENAME_HEADS for t in RENAME_TAILS for s in RENAME_SUFFIXES]
     rng.shuffle(candidates)
     for name in candidates:
         if name not in taken and name.split()[0] not in words:

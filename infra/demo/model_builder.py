@@ -316,9 +316,12 @@ def paraphrase_accuracy(
 
 
 def build_key(facts: Sequence[Fact], templates: RelationTemplates, config: DemoModelConfig) -> str:
-    """sha256 of everything that determines the built model: facts, templates, config, recipe version."""
+    """sha256 of everything that determines the built model: facts, templates, generic text, config,
+    recipe version."""
+    generic = generic_texts(facts, n=config.n_generic, seed=config.seed)
     payload = {
         "version": BUILD_FORMAT_VERSION,
+        "generic_sha256": hashlib.sha256("\n".join(generic).encode()).hexdigest(),
         "facts": [[f.subject, f.relation, f.object] for f in facts],
         "templates": {
             name: [t.prompt, list(t.paraphrases), t.answer_format] for name, t in sorted(templates.templates.items())
