@@ -127,6 +127,11 @@ def upsert_facts(
     Returns:
         The appended changes, in feed order.
     """
+    facts = list(facts)
+    for fact in facts:
+        if any("\x00" in value for value in (fact.subject, fact.relation, fact.object)):
+            raise InvalidInput(f"fact {fact.subject!r}/{fact.relation!r} contains a NUL character; no database "
+                               "row may hold one (PostgreSQL cannot), so the batch is refused before anything is written")
     when = utc(at) if at is not None else utcnow()
     incoming = list(facts)
     for fact in incoming:
@@ -210,6 +215,20 @@ def load_facts(session: Session) -> list[Fact]:
     """The whole catalogue, ordered by subject then relation."""
     rows = session.scalars(sa.select(FactRow).order_by(FactRow.subject, FactRow.relation))
     return [_fact(r) for r in rows]
+
+
+def accepted_facts(session: Session) -> list[Fact]:
+    """The current facts minus those whose value came from a feed row a refresh rejected (an empty
+    price, an unknown relation, a control character): the source system wrote them, so they stay
+    in the facts table and on the record, but no evaluation set or regulariser may use them."""
+    rejected = {
+        (row.subject, row.relation, row.new_object)
+        for row in session.execute(
+            sa.select(FactChangeRow.subject, FactChangeRow.relation, FactChangeRow.new_object)
+            .join(ChangeRejectionRow, ChangeRejectionRow.change_id == FactChangeRow.id)
+        )
+    }
+    return [f for f in load_facts(session) if (f.subject, f.relation, f.object) not in rejected]
 
 
 def get_fact(session: Session, subject: str, relation: str) -> Fact | None:

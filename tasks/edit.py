@@ -48,7 +48,7 @@ def fact_pool(
     templates = templates_for(ctx.settings)
     edited = {(t.subject, t.relation) for t in requests}
     with ctx.db.session() as session:
-        facts = repo.load_facts(session)
+        facts = repo.accepted_facts(session)
     pool = []
     for fact in facts:
         if (fact.subject, fact.relation) in edited or fact.relation not in templates:
@@ -78,7 +78,7 @@ def compute_delta(ctx: ServiceContext, run_id: int, editor_name: str | None = No
     keep_lease(ctx, run_id)
     with ctx.db.session() as session:
         run = repo.get_run(session, run_id)
-        facts = repo.load_facts(session)
+        facts = repo.accepted_facts(session)
     sets = load_sets(ctx, run_id)
     cumulative = sets.mode == "cumulative"
     # cumulative: the bare base, and no carried state (every ledger fact is written afresh)

@@ -33,7 +33,7 @@ def build_sets(ctx: ServiceContext, run_id: int) -> str:
         live = head_values(session, head)
         ledger = repo.ledger(session, run.watermark_to)
         base = repo.base_values(session, set(live))
-        facts = repo.load_facts(session)
+        facts = repo.accepted_facts(session)
     plan = parse_plan(run.editor)
     mode = resolve_mode(plan, ctx.settings.edit_mode)
     targets = ledger_targets(ledger, live, base, templates)

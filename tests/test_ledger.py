@@ -104,3 +104,27 @@ def test_agreement_sample_is_fixed_stratified_and_excludes_changed_facts() -> No
     assert set(by_relation) == {f.relation for f in facts}  # every relation has its share
     assert max(by_relation.values()) - min(by_relation.values()) <= 1
     assert build_agreement_set(facts, ledger, TEMPLATES, sample_size=60, seed=4) != one
+
+
+def test_rejected_values_never_reach_evaluation_sets_or_the_regulariser(db: Database) -> None:
+    facts = generate_catalogue(n_products=5)
+    subject = _price(facts, 0).subject
+    with db.session() as session:
+        repo.seed_facts(session, facts)
+        bad = repo.upsert_facts(session, [Fact(subject, "price", ""), Fact(subject + " Mini", "price", "$1\x1b[0m")],
+                                changed_by="erp")
+        run = repo.create_run(session, "demo", "saul", "bot", 0, repo.latest_change_id(session))
+        repo.record_rejections(session, run.id, [repo.Rejection(c.change_id, "bad") for c in bad])
+        current = {(f.subject, f.relation): f.object for f in repo.load_facts(session)}
+        accepted = {(f.subject, f.relation): f.object for f in repo.accepted_facts(session)}
+    assert current[(subject, "price")] == "" and (subject + " Mini", "price") in current  # on the record
+    assert (subject, "price") not in accepted and (subject + " Mini", "price") not in accepted
+    assert len(accepted) == len(current) - 2
+
+
+def test_a_nul_character_is_refused_the_same_way_on_both_databases(db: Database) -> None:
+    from infra.errors import InvalidInput
+
+    with db.session() as session:
+        with pytest.raises(InvalidInput, match="NUL"):
+            repo.upsert_facts(session, [Fact("Axta Kettle K1", "price", "$4\x009")], changed_by="erp")
