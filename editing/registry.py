@@ -31,7 +31,8 @@ class EditorSpec:
                         (False for ELDER: its lifelong memory is the sequential chain itself);
     prefers_cumulative: the `auto` edit mode uses cumulative for it (the locate-and-edit family:
                         per-fact target vectors are cached, so a refresh costs its new facts plus one
-                        closed-form solve; a fine-tuning editor would retrain on every change).
+                        closed-form solve; SAUL: measured to keep earlier edits where sequential
+                        refreshes overwrite them, at the cost of retraining on the whole ledger).
     """
 
     name: str
