@@ -165,3 +165,17 @@ def test_a_plan_routes_what_one_editor_did_not_write_to_the_next() -> None:
     assert greedy_answers(model, tok, [r.prompt for r in requests]) == ["$79", "red"]
     handle.revert()
     assert weights_fingerprint(model) == before
+
+
+def test_auto_mode_is_cumulative_where_it_was_measured_to_win_and_elder_stays_sequential() -> None:
+    from editing.registry import parse_plan, resolve_mode
+    from infra.errors import InvalidInput
+
+    assert resolve_mode(parse_plan("saul"), "auto") == "cumulative"
+    assert resolve_mode(parse_plan("alphaedit,saul"), "auto") == "cumulative"
+    assert resolve_mode(parse_plan("ft"), "auto") == "sequential"
+    assert resolve_mode(parse_plan("elder"), "auto") == "sequential"
+    with pytest.raises(InvalidInput, match="cumulative"):
+        resolve_mode(parse_plan("elder"), "cumulative")
+    with pytest.raises(InvalidInput, match="only editor"):
+        parse_plan("saul,elder")
