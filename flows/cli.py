@@ -33,6 +33,8 @@ from flows.logs import configure_logging
 from infra.settings import Settings
 
 console = Console()
+#: Rejected rows printed by `kus import-facts`; the rest are counted.
+SHOWN_REJECTIONS = 20
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,16 +98,20 @@ def cmd_import_facts(args: argparse.Namespace, settings: Settings) -> int:
     from infra.context import current_user, service_context
     from infra.fact_import import read_facts
     from tasks.catalogue_inputs import templates_for
+    from tasks.ingest import rejection_summary
 
     templates = templates_for(settings)
     result = read_facts(Path(args.path), known_relations=templates.relations(), source=args.source)
-    for error in result.errors:
+    for error in result.errors[:SHOWN_REJECTIONS]:
         console.print(f"[yellow]rejected[/] line {error.line}: {error.reason}")
+    if len(result.errors) > SHOWN_REJECTIONS:
+        console.print(f"[yellow]... and {len(result.errors) - SHOWN_REJECTIONS} more rejected rows[/] "
+                      "(every one is in the audit event's list and counts)")
     with service_context(settings) as ctx, ctx.db.session() as session:
         changes = repo.upsert_facts(session, result.facts, changed_by=args.source or current_user())
         append_event(session, current_user(), "import_facts", f"file:{Path(args.path).name}",
                      {"rows_ok": len(result.facts), "rows_rejected": len(result.errors), "changes": len(changes),
-                      "rejections": [{"line": e.line, "reason": e.reason} for e in result.errors]})
+                      **rejection_summary([(e.line, e.reason) for e in result.errors], id_field="line")})
     console.print(f"{len(result.facts)} rows read, {len(changes)} facts changed, {len(result.errors)} rows rejected")
     return 4 if result.errors else 0  # any rejected row: the caller must look (the good rows are imported)
 

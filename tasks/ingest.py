@@ -82,7 +82,7 @@ def ingest_changes(
             {"model": model_name, "editor": editor, "feed_from": since, "feed_to": latest,
              "changes": len(changes), "accepted": len(accepted), "rejected": len(rejections),
              "outstanding": len(targets),
-             "rejections": [{"change_id": cid, "reason": reason} for cid, reason in rejections]},
+             **rejection_summary(rejections)},
         )
         if not targets:
             reason = ("every incoming change was rejected" if changes and not accepted
@@ -93,6 +93,21 @@ def ingest_changes(
         log.info("run %s: %d new changes, %d accepted, %d rejected; %d facts to change in the live model",
                  run.id, len(changes), len(accepted), len(rejections), len(targets))
         return IngestOutcome(run.id if targets else None, len(accepted), len(rejections), f"run {run.id}", len(targets))
+
+
+#: Rejected rows listed one by one in an audit event; the rest are counted (every one is in the
+#: change_rejections table, which is the record).
+LISTED_REJECTIONS = 50
+
+
+def rejection_summary(rejections: list[tuple[int, str]], id_field: str = "change_id") -> dict:
+    """A bounded audit payload for any number of rejected rows: the first ones, and counts by check."""
+    by_check: dict[str, int] = {}
+    for _cid, reason in rejections:
+        check = reason.split("(", 1)[0].strip() or reason[:60]
+        by_check[check] = by_check.get(check, 0) + 1
+    return {"rejections": [{id_field: cid, "reason": reason[:300]} for cid, reason in rejections[:LISTED_REJECTIONS]],
+            "rejections_not_listed": max(0, len(rejections) - LISTED_REJECTIONS), "rejections_by_check": by_check}
 
 
 def _check_incoming(changes: list[FactChange], templates: RelationTemplates) -> tuple[list[int], list[tuple[int, str]]]:

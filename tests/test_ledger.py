@@ -128,3 +128,25 @@ def test_a_nul_character_is_refused_the_same_way_on_both_databases(db: Database)
     with db.session() as session:
         with pytest.raises(InvalidInput, match="NUL"):
             repo.upsert_facts(session, [Fact("Axta Kettle K1", "price", "$4\x009")], changed_by="erp")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_many_rejected_rows_make_a_bounded_audit_event(db_url: str, tmp_path: Path) -> None:
+    from infra.audit import list_events
+    from tasks.ingest import LISTED_REJECTIONS
+
+    settings = Settings.load(home=tmp_path, database_url=db_url)
+    facts = generate_catalogue(n_products=5)
+    with service_context(settings) as ctx:
+        with ctx.db.session() as session:
+            repo.seed_facts(session, facts)
+            repo.upsert_facts(session, [Fact(f"Gadget {i}", "energy_label", "A") for i in range(120)], changed_by="erp")
+            repo.upsert_facts(session, [Fact(_price(facts, 0).subject, "price", "$1")], changed_by="erp")
+        outcome = ingest_changes(ctx, "demo", "saul", "bot")
+        with ctx.db.session() as session:
+            event = [e for e in list_events(session) if e.action == "ingest"][-1]
+            assert len(repo.rejections_for(session, outcome.run_id)) == 120  # every one on the record
+    assert outcome.rejected == 120
+    assert len(event.payload["rejections"]) == LISTED_REJECTIONS
+    assert event.payload["rejections_not_listed"] == 120 - LISTED_REJECTIONS
+    assert sum(event.payload["rejections_by_check"].values()) == 120
