@@ -185,6 +185,26 @@ def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
+    """Take a change out of the fact ledger on the record (a configured reviewer's decision)."""
+    from infra import repository as repo
+    from infra.audit import append_event
+    from infra.context import current_user, service_context
+    from infra.errors import PermissionDenied
+
+    actor = current_user()
+    if actor not in settings.reviewers:
+        raise PermissionDenied(f"{actor!r} is not a configured reviewer; only reviewers drop changes")
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        change = repo.drop_change(session, args.change, actor, args.reason)
+        append_event(session, actor, "drop_change", f"change:{args.change}",
+                     {"subject": change.subject, "relation": change.relation, "new_object": change.new_object,
+                      "reason": args.reason})
+    console.print(f"change {args.change} ({change.subject} / {change.relation} -> {change.new_object!r}) dropped by "
+                  f"{actor}; the next refresh leaves it out")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     """Reviewer keys. A reviewer generates a key pair and keeps the private key; an administrator
     registers the public key under the reviewer's name in the reviewer keys file."""
@@ -404,6 +424,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "approve":
             p.add_argument("--override-validation", action="store_true",
                            help="approve although retention validation failed (recorded in the audit trail)")
+    p = add("drop", cmd_drop, "take a change out of the fact ledger, on the record (reviewers only)")
+    p.add_argument("change", type=int, help="the change id (feed position)")
+    p.add_argument("--reason", required=True)
     p = add("keys", cmd_keys, "reviewer signing keys: generate a key pair, register or list public keys")
     p.add_argument("keys_command", choices=["generate", "register", "list"])
     p.add_argument("--out", default=None, help="generate: where to write the private key (PEM, mode 0600)")

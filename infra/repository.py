@@ -440,6 +440,20 @@ def record_rejections(session: Session, run_id: int, rejections: Iterable[Reject
         raise NotFound(f"run {run_id}: a rejection names a change id that is not in the feed") from exc
 
 
+def drop_change(session: Session, change_id: int, actor: str, reason: str) -> FactChange:
+    """An operator takes a feed row out of the fact ledger, on the record: the row stays in the feed,
+    a rejection without a run says who dropped it and why, and no refresh edits toward it again."""
+    if not reason.strip():
+        raise InvalidInput("dropping a change needs a reason")
+    row = session.get(FactChangeRow, change_id)
+    if row is None:
+        raise NotFound(f"no change {change_id} in the feed")
+    session.add(ChangeRejectionRow(run_id=None, change_id=change_id, reason=f"dropped by {actor}: {reason}",
+                                   at=utcnow()))
+    session.flush()
+    return _change(row)
+
+
 def rejections_for(session: Session, run_id: int) -> list[Rejection]:
     rows = session.scalars(
         sa.select(ChangeRejectionRow)

@@ -64,7 +64,7 @@ def test_upgrade_is_idempotent_and_matches_the_models(db_url: str) -> None:
         assert database.current_revision() is None
         database.upgrade()
         database.upgrade()  # every start runs it again
-        assert database.current_revision() == "0005"
+        assert database.current_revision() == "0006"
         with database.engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
             context = MigrationContext.configure(conn, opts={"compare_type": True})

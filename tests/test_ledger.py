@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from infra import repository as repo
 from infra.context import service_context
@@ -150,3 +151,16 @@ def test_many_rejected_rows_make_a_bounded_audit_event(db_url: str, tmp_path: Pa
     assert len(event.payload["rejections"]) == LISTED_REJECTIONS
     assert event.payload["rejections_not_listed"] == 120 - LISTED_REJECTIONS
     assert sum(event.payload["rejections_by_check"].values()) == 120
+
+
+def test_an_operator_drops_a_change_on_the_record(db: Database) -> None:
+    facts = generate_catalogue(n_products=5)
+    subject = _price(facts, 0).subject
+    with db.session() as session:
+        repo.seed_facts(session, facts)
+        change = repo.upsert_facts(session, [Fact(subject, "price", "$1")], changed_by="erp")[0]
+        assert [e.value for e in repo.ledger(session)] == ["$1"]
+        repo.drop_change(session, change.change_id, "alice", "typo in the ERP")
+        assert repo.ledger(session) == []  # no refresh edits toward it again
+        row = session.execute(sa.text("SELECT run_id, reason FROM change_rejections")).one()
+    assert row.run_id is None and "dropped by alice: typo in the ERP" in row.reason

@@ -164,7 +164,8 @@ class ChangeRejectionRow(Base):
     __tablename__ = "change_rejections"
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[int] = mapped_column(sa.ForeignKey("refresh_runs.id"), index=True)
+    #: the run whose input checks refused the row; None when an operator dropped it (`kus drop`)
+    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("refresh_runs.id"), index=True, nullable=True)
     change_id: Mapped[int] = mapped_column(sa.ForeignKey("fact_changes.id"))
     reason: Mapped[str] = mapped_column(sa.Text)
     at: Mapped[datetime]
