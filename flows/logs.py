@@ -44,30 +44,41 @@ class ConsoleFilter(logging.Filter):
 
 
 def configure_logging(home: Path, quiet: bool = False) -> Path | None:
-    """Console handler with `ConsoleFilter`, file handler with everything; returns the log file
-    (None when the home cannot hold one, e.g. a read-only directory: the console still works)."""
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG)
-    for handler in list(root.handlers):
-        if getattr(handler, "_kus", False):
-            root.removeHandler(handler)
-    console = StderrHandler()
-    console.setFormatter(logging.Formatter(FORMAT))
-    console.addFilter(ConsoleFilter(logging.WARNING if quiet else logging.INFO))
-    console._kus = True  # type: ignore[attr-defined]
-    root.addHandler(console)
+    """Our packages' loggers get their own console and file handlers (so Prefect, which configures
+    the root logger when it starts, cannot take them away); the root logger sends everybody else's
+    records to the file, and only their errors to the console. Returns the log file (None when the
+    home cannot hold one: the console still works)."""
+    path = Path(home) / "logs" / "kus.log"
+    file_handler: logging.Handler | None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(path)
+        file_handler.setFormatter(logging.Formatter(FORMAT))
+        file_handler.setLevel(logging.DEBUG)
+        file_handler._kus = True  # type: ignore[attr-defined]
+    except OSError:
+        file_handler = None
+
+    def console(level: int) -> logging.Handler:
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.addFilter(ConsoleFilter(level))
+        handler._kus = True  # type: ignore[attr-defined]
+        return handler
+
+    targets = [(logging.getLogger(name), False) for name in OWN_PACKAGES] + [(logging.getLogger(), True)]
+    for logger, is_root in targets:
+        for handler in list(logger.handlers):
+            if getattr(handler, "_kus", False):
+                logger.removeHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(console(logging.WARNING if quiet else logging.INFO))
+        if file_handler is not None:
+            logger.addHandler(file_handler)
+        if not is_root:
+            logger.propagate = False
     for name in ("great_expectations", "httpx", "alembic", "urllib3", "botocore", "filelock", "matplotlib"):
         logging.getLogger(name).setLevel(logging.DEBUG)  # kept for the file; the console filter decides
     logging.captureWarnings(True)
     warnings.simplefilter("default")
-    path = Path(home) / "logs" / "kus.log"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(path)
-    except OSError:
-        return None
-    file_handler.setFormatter(logging.Formatter(FORMAT))
-    file_handler.setLevel(logging.DEBUG)
-    file_handler._kus = True  # type: ignore[attr-defined]
-    root.addHandler(file_handler)
-    return path
+    return path if file_handler is not None else None
