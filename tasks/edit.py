@@ -81,14 +81,18 @@ def compute_delta(ctx: ServiceContext, run_id: int, editor_name: str | None = No
         facts = repo.accepted_facts(session)
     sets = load_sets(ctx, run_id)
     cumulative = sets.mode == "cumulative"
-    # cumulative: the bare base, and no carried state (every ledger fact is written afresh)
-    live = load_live_model(ctx, run.model_name, head=None if cumulative else sets.head)
-    carried = {} if cumulative else live.carried_state()
+    live = load_live_model(ctx, run.model_name, head=sets.head)
     model, tokenizer = live.model, live.tokenizer
-    steps = plan_hparams(sets.plan, model, hparams_overrides)
     excluded = {p for p, _ in sets.regression.neighbourhood} | {p for p, _ in sets.regression.unrelated}
+    # what the live model says now is what must not change, in either mode: read it before editing
+    pool = fact_pool(ctx, sets.requests, excluded, model, tokenizer)
+    carried = live.carried_state()
+    if cumulative:  # the edit starts from the bare base, and every ledger fact is written afresh
+        live.reverted_to_base()
+        carried = {}
+    steps = plan_hparams(sets.plan, model, hparams_overrides)
     context = EditContext(
-        state=carried, cache=ctx.store, fact_pool=fact_pool(ctx, sets.requests, excluded, model, tokenizer),
+        state=carried, cache=ctx.store, fact_pool=pool,
         corpus=tuple(statistics_corpus_for(ctx.settings, facts)),
         model_fingerprint=live.base_fingerprint, show_progress=True,
         base_weights=None if cumulative else live.at_base, from_base=cumulative,
