@@ -45,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         settings = Settings.load()
-        log_file = configure_logging(settings.home, quiet=args.quiet)
+        # a command run from inside another (the demo calls approve) keeps the outer command's logging
+        nested = any(getattr(h, "_kus", False) for h in logging.getLogger().handlers)
+        log_file = None if nested else configure_logging(settings.home, quiet=args.quiet)
         from flows.prefect_setup import configure_prefect
 
         configure_prefect(settings, quiet=args.command == "demo" or args.quiet)
