@@ -107,10 +107,6 @@ def _request(t: dict[str, Any]) -> EditRequest:
     )
 
 
-def sets_to_json(targets: list[EditRequest], regression: RegressionSet) -> dict[str, Any]:
-    return {"targets": [asdict(t) for t in targets], "regression": asdict(regression)}
-
-
 def sets_from_json(data: dict[str, Any]) -> tuple[list[EditRequest], RegressionSet]:
     """(targets, regression) of a sets file; files written before `RunSets` read the same way."""
     targets = [_request(t) for t in data["targets"]]

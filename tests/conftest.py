@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from infra.db import Database
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -51,6 +53,15 @@ def db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """A migrated database on `db_url` (SQLite and PostgreSQL), disposed after the test."""
+    database = Database(db_url)
+    database.upgrade()
+    yield database
+    database.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import threading
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -26,14 +25,6 @@ PAYLOADS = [
     {"delta": "ab" * 32},
     {},
 ]
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def _fill(db: Database) -> None:

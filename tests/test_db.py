@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -18,14 +17,6 @@ from infra.domain import Fact
 from infra.errors import InvalidInput, InvalidState, NotFound, PermissionDenied
 
 T0 = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def _delta(sha: str, parent: str | None = None, model: str = "demo") -> repo.DeltaRecord:

@@ -8,7 +8,6 @@ edited back where the live model had learnt the interim value).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,6 @@ from tasks.ingest import ingest_changes, outstanding_targets
 from validation.sets import build_agreement_set, ledger_requests, ledger_targets
 
 TEMPLATES = load_templates(demo_templates_path())
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def _price(facts: list[Fact], i: int) -> Fact:

@@ -102,11 +102,6 @@ def agreement_report(agreement: AgreementSet, answers: AgreementAnswers, base: A
 
 def agreement_rows(before: AgreementReport, after: AgreementReport) -> list[tuple[str, float, float, float]]:
     """Retention-table rows (metric, before, after, after - before) for the agreement metrics."""
-    rows = []
-    for metric, b, a in (
-        ("agreement_changed", before.changed, after.changed),
-        ("agreement_unchanged", before.unchanged, after.unchanged),
-        ("unchanged_kept", before.unchanged_kept, after.unchanged_kept),
-    ):
-        rows.append((metric, float(b), float(a), float(a) - float(b)))
-    return rows
+    pairs = ((before.changed, after.changed), (before.unchanged, after.unchanged),
+             (before.unchanged_kept, after.unchanged_kept))
+    return [(metric, float(b), float(a), float(a) - float(b)) for metric, (b, a) in zip(AGREEMENT_METRICS, pairs)]
