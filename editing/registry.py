@@ -31,8 +31,7 @@ class EditorSpec:
                         (False for ELDER: its lifelong memory is the sequential chain itself);
     prefers_cumulative: the `auto` edit mode uses cumulative for it (the locate-and-edit family:
                         per-fact target vectors are cached, so a refresh costs its new facts plus one
-                        closed-form solve; SAUL: measured to keep earlier edits where sequential
-                        refreshes overwrite them, at the cost of retraining on the whole ledger).
+                        closed-form solve).
     """
 
     name: str

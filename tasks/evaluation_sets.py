@@ -40,7 +40,9 @@ def build_sets(ctx: ServiceContext, run_id: int) -> str:
     if not targets:
         raise InvalidState(f"run {run_id} has nothing to change: the live model says what the database says")
     requests = ledger_requests(ledger, templates) if mode == "cumulative" else targets
-    regression = build_regression_set(facts, targets, templates, heldout_text=heldout_text_for(ctx.settings, facts))
+    # facts the service changed are judged by catalogue agreement; the regression set holds the rest
+    regression = build_regression_set(facts, targets, templates, heldout_text=heldout_text_for(ctx.settings, facts),
+                                      exclude=[e.key for e in ledger])
     agreement = build_agreement_set(facts, ledger, templates, sample_size=ctx.settings.agreement_sample,
                                     also_changed=targets)
     sets = RunSets(targets=targets, requests=requests, regression=regression, agreement=agreement,

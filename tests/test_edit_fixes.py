@@ -171,7 +171,7 @@ def test_auto_mode_is_cumulative_where_it_was_measured_to_win_and_elder_stays_se
     from editing.registry import parse_plan, resolve_mode
     from infra.errors import InvalidInput
 
-    assert resolve_mode(parse_plan("saul"), "auto") == "cumulative"
+    assert resolve_mode(parse_plan("saul"), "auto") == "sequential"
     assert resolve_mode(parse_plan("alphaedit,saul"), "auto") == "cumulative"
     assert resolve_mode(parse_plan("ft"), "auto") == "sequential"
     assert resolve_mode(parse_plan("elder"), "auto") == "sequential"

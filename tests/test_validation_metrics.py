@@ -250,6 +250,18 @@ def test_build_regression_set_excludes_edited_keys_and_is_deterministic():
     assert reg.generation_prompts == ("The price of Item 3 is", "The colour of Item 7 is", "A held-out sentence of words here.")
 
 
+def test_regression_set_leaves_out_facts_earlier_refreshes_changed():
+    # the ledger's facts are judged by catalogue agreement; "unrelated" means untouched by any edit
+    world = {(f"Item {i}", rel): f"{rel}-{i}" for i in range(30) for rel in ("price", "colour")}
+    targets = build_target_set([change(1, "Item 3", "price", "price-3", "$1", 0)], TEMPLATES)
+    ledger = [(f"Item {i}", "colour") for i in range(0, 30, 2)]
+    reg = build_regression_set(facts_of(world), targets, TEMPLATES, neighbours_per_request=4, n_unrelated=40,
+                               exclude=ledger, seed=1)
+    ledger_prompts = {TEMPLATES["colour"].render(s) for s, _ in ledger}
+    assert not ledger_prompts & {p for p, _ in reg.neighbourhood + reg.unrelated}
+    assert len(reg.neighbourhood) + len(reg.unrelated) == 60 - 1 - len(ledger)
+
+
 # ------------------------------------------------------------------------------------ evaluate
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -152,10 +152,12 @@ def build_regression_set(
     heldout_text: Sequence[str] = (),
     seed: int = 0,
     max_generation_prompts: int = 32,
+    exclude: Collection[tuple[str, str]] = (),
 ) -> RegressionSet:
     """Neighbourhood and unrelated facts, held-out text and generation prompts for `targets`.
 
-    - Candidates are the facts whose (subject, relation) is not edited and whose relation has a
+    - Candidates are the facts whose (subject, relation) is neither edited nor in `exclude` (facts
+      earlier refreshes changed, judged by catalogue agreement instead) and whose relation has a
       template; for a key listed twice the fact with the latest ``valid_from`` wins.
     - Neighbourhood: for each target, up to `neighbours_per_request` candidates that share its
       subject (other relations) or its relation (other subjects), alternating the two kinds
@@ -177,7 +179,7 @@ def build_regression_set(
     if neighbours_per_request < 0 or n_unrelated < 0 or max_generation_prompts < 0:
         raise InvalidInput("neighbours_per_request, n_unrelated and max_generation_prompts must be >= 0")
     rng = random.Random(seed)
-    edited = {(t.subject, t.relation) for t in targets}
+    edited = {(t.subject, t.relation) for t in targets} | set(exclude)
 
     current: dict[tuple[str, str], Fact] = {}
     for fact in facts:
