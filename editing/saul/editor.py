@@ -34,6 +34,19 @@ def usable_pool(requests: Sequence[EditRequest], pool: Sequence[tuple[str, str]]
     return [(p, a) for p, a in pool if p not in edited]
 
 
+def _frame(request: EditRequest) -> tuple[str, str]:
+    """The prompt around its subject: ("The price of ", " is") asks the relation of any subject."""
+    before, _, after = request.prompt.partition(request.subject)
+    return before, after
+
+
+def _is_near(prompt: str, subjects: set[str], frames: set[tuple[str, str]], by_relation: bool) -> bool:
+    if any(s in prompt for s in subjects):
+        return True
+    return by_relation and any(prompt.startswith(b) and prompt.endswith(a) and len(prompt) > len(b) + len(a)
+                               for b, a in frames)
+
+
 class SAULEditor:
     name = "saul"
 
@@ -57,7 +70,9 @@ class SAULEditor:
         edits = [_pair(tokenizer, r.prompt, r.target_new) for r in requests]
         pool = [_pair(tokenizer, p, a) for p, a in pool_text]
         subjects = {r.subject for r in requests if r.subject}
-        near = [pair for pair, (p, _) in zip(pool, pool_text) if any(s in p for s in subjects)] if hparams.near_share > 0 else []
+        frames = {_frame(r) for r in requests if r.subject and r.subject in r.prompt}
+        near = [pair for pair, (p, _) in zip(pool, pool_text) if _is_near(p, subjects, frames, hparams.near_relation)] \
+            if hparams.near_share > 0 else []
         # generic sentences, each a whole document ending with eos: keeps ordinary text as it was
         corpus = [(ids[:-1], ids[-1:]) for ids in (encode_text(tokenizer, t, eos=True) for t in context.corpus) if len(ids) > 1]
         if hparams.corpus_share > 0 and not corpus:

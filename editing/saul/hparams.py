@@ -33,7 +33,8 @@ class SAULHParams:
     +255% without them and -11% with a quarter of the rows; bench/results/edit_profile_search.md).
 
     `near_share` (our addition): that share of the augmented rows is a pool fact of an edited
-    subject (its other relations), the facts an edit most easily drags along.
+    subject (its other relations), the facts an edit most easily drags along; with `near_relation`
+    also a pool fact asked the way an edit is (the same relation of another subject).
     """
 
     layers: tuple[int, ...] = (1,)
@@ -53,6 +54,7 @@ class SAULHParams:
     reg_weight: float = 1.0
     corpus_share: float = 0.0
     near_share: float = 0.0
+    near_relation: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
