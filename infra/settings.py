@@ -66,6 +66,8 @@ class Settings:
     stats_corpus_path: Path | None = None
     #: unchanged facts sampled (stratified by relation) for catalogue agreement; every changed fact is scored
     agreement_sample: int = 1000
+    #: the most facts one refresh edits; the rest stay outstanding (in feed order) for the next refreshes
+    max_targets: int = 500
     #: Prefect deployment that runs the edit step on a GPU work pool ("edit-model/gpu"); None = in process.
     edit_deployment: str | None = None
     reviewers: tuple[str, ...] = ("demo-reviewer",)
@@ -138,6 +140,7 @@ class Settings:
             "KUS_EDIT_MODE": "edit_mode",
             "KUS_STATS_CORPUS": "stats_corpus_path",
             "KUS_AGREEMENT_SAMPLE": "agreement_sample",
+            "KUS_MAX_TARGETS": "max_targets",
             "KUS_SIGNING_KEY": "signing_key_path",
             "KUS_LEASE_TTL": "lease_ttl_seconds",
             "KUS_AUDIT_KEY_FILE": "audit_key_path",
@@ -197,6 +200,13 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             raise InvalidInput(f"agreement_sample must be a whole number, got {out['agreement_sample']!r}") from None
         if out["agreement_sample"] < 0:
             raise InvalidInput("agreement_sample must be >= 0")
+    if "max_targets" in out:
+        try:
+            out["max_targets"] = int(out["max_targets"])
+        except (TypeError, ValueError):
+            raise InvalidInput(f"max_targets must be a whole number, got {out['max_targets']!r}") from None
+        if out["max_targets"] < 1:
+            raise InvalidInput("max_targets must be >= 1")
     if out.get("edit_mode") is not None and out["edit_mode"] not in EDIT_MODES:
         raise InvalidInput(f"edit_mode must be one of {EDIT_MODES}, got {out['edit_mode']!r}")
     if out.get("s3_checksums") not in (None, "when_required", "when_supported"):

@@ -39,18 +39,26 @@ def build_sets(ctx: ServiceContext, run_id: int) -> str:
     targets = ledger_targets(ledger, live, base, templates)
     if not targets:
         raise InvalidState(f"run {run_id} has nothing to change: the live model says what the database says")
-    requests = ledger_requests(ledger, templates) if mode == "cumulative" else targets
+    # bounded work: the first `max_targets` in feed order; the rest stay outstanding for the next refreshes
+    targets, deferred = targets[:ctx.settings.max_targets], targets[ctx.settings.max_targets:]
+    deferred_keys = {(t.subject, t.relation) for t in deferred}
+    if deferred:
+        log.warning("run %s: %d facts to change, %d in this run (KUS_MAX_TARGETS); %d left to the next refreshes",
+                    run_id, len(targets) + len(deferred), len(targets), len(deferred))
+    requests = ledger_requests([e for e in ledger if e.key not in deferred_keys], templates) \
+        if mode == "cumulative" else targets
     # facts the service changed are judged by catalogue agreement; the regression set holds the rest
     regression = build_regression_set(facts, targets, templates, heldout_text=heldout_text_for(ctx.settings, facts),
                                       exclude=[e.key for e in ledger])
     agreement = build_agreement_set(facts, ledger, templates, sample_size=ctx.settings.agreement_sample,
-                                    also_changed=targets)
+                                    also_changed=targets, deferred=deferred_keys)
     sets = RunSets(targets=targets, requests=requests, regression=regression, agreement=agreement,
                    mode=mode, plan=tuple(plan), head=head)
     key = put_json(ctx, run_id, "sets.json", sets.to_json())
     with ctx.db.session() as session:
         append_event(session, run.started_by, "build_sets", f"run:{run_id}",
                      {"mode": mode, "plan": plan, "head": head, "targets": len(targets), "requests": len(requests),
+                      "deferred": len(deferred),
                       "ledger": len(ledger), "neighbourhood": len(regression.neighbourhood),
                       "unrelated": len(regression.unrelated), "heldout_texts": len(regression.heldout_text),
                       "agreement_changed": len(agreement.changed), "agreement_unchanged": len(agreement.unchanged)})

@@ -356,3 +356,34 @@ def test_approvals_are_signed_by_the_reviewer_and_cannot_be_forged(service: Sett
     engine.dispose()
     with service_context(service) as ctx:  # restored, it verifies again
         assert promote_run(ctx, run_id, "carol")
+
+
+@pytest.mark.parametrize("service", ["sqlite+local"], indirect=True)
+def test_a_refresh_edits_at_most_max_targets_and_the_rest_follow_in_feed_order(service: Settings, monkeypatch) -> None:
+    """Bounded work: with KUS_MAX_TARGETS=4, six changes give a run of four targets (the first four
+    in feed order, scored for agreement) and the next refresh, with no new change, takes the other two."""
+    from flows.refresh import catalogue_refresh
+    from tasks.catalogue_inputs import templates_for
+    from tasks.run_artifacts import load_sets
+
+    monkeypatch.setenv("KUS_MAX_TARGETS", "4")
+    batch = _apply_swaps(service, n=6, seed=4)
+    first = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
+    settings = Settings.load()
+    with service_context(settings) as ctx:
+        sets = load_sets(ctx, first)
+        with ctx.db.session() as session:
+            event = [e for e in repo_events(session) if e.action == "build_sets"][-1]
+    keys = [(f.subject, f.relation) for f in batch]
+    assert [(t.subject, t.relation) for t in sets.targets] == keys[:4]
+    assert event.payload["deferred"] == 2 and event.payload["targets"] == 4
+    templates = templates_for(settings)
+    deferred_prompts = {templates[r].render(s) for s, r in keys[4:]}
+    # agreement scores this run's targets as its changes, and the deferred facts nowhere
+    assert {prompt for prompt, _, _ in sets.agreement.changed} == {t.prompt for t in sets.targets}
+    assert not deferred_prompts & {prompt for prompt, _, _ in sets.agreement.unchanged}
+    assert cli_as("bob", ["approve", str(first), "--reason", "ok", "--override-validation"]) == 0
+
+    second = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
+    with service_context(settings) as ctx:
+        assert [(t.subject, t.relation) for t in load_sets(ctx, second).targets] == keys[4:]

@@ -255,11 +255,14 @@ def build_agreement_set(
     sample_size: int = 1000,
     seed: int = 0,
     also_changed: Sequence[EditRequest] = (),
+    deferred: Collection[tuple[str, str]] = (),
 ) -> AgreementSet:
     """Every changed fact, and up to `sample_size` unchanged ones stratified by relation.
 
     `also_changed`: facts a refresh changes that are not in the ledger (changed back to their base
     value); they count as changed facts of this refresh, with their new value.
+    `deferred`: (subject, relation) of changes left to later refreshes (over the per-run cap): scored
+    neither as changed nor as unchanged facts.
 
     The unchanged sample is fixed for a seed: facts are ranked by a hash of (seed, subject,
     relation) within their relation, and each relation contributes its share of `sample_size`
@@ -269,13 +272,16 @@ def build_agreement_set(
     """
     if sample_size < 0:
         raise InvalidInput(f"sample_size must be >= 0, got {sample_size}")
+    deferred = set(deferred)
     changed_keys = {e.key for e in ledger}
     changed = tuple(
-        (templates[e.relation].render(e.subject), e.value, e.relation) for e in ledger if e.relation in templates
+        (templates[e.relation].render(e.subject), e.value, e.relation) for e in ledger
+        if e.relation in templates and e.key not in deferred
     ) + tuple(
-        (r.prompt, r.target_new, r.relation) for r in also_changed if (r.subject, r.relation) not in changed_keys
+        (r.prompt, r.target_new, r.relation) for r in also_changed
+        if (r.subject, r.relation) not in changed_keys and (r.subject, r.relation) not in deferred
     )
-    changed_keys |= {(r.subject, r.relation) for r in also_changed}
+    changed_keys |= {(r.subject, r.relation) for r in also_changed} | deferred
     by_relation: dict[str, list[Fact]] = {}
     for fact in facts:
         if fact.relation in templates:
