@@ -2,13 +2,32 @@
 
 Must run before `prefect` is imported; respects anything the user has already set (e.g.
 PREFECT_API_URL pointing at a real Prefect server, where the same flows run unchanged).
+
+In ephemeral mode Prefect starts a temporary API server as a child process and stops it at exit.
+A `kus` killed with SIGKILL cannot stop it, so every server we start carries its owner (pid and
+process start time) in its environment, and the next `kus` on the same home stops the servers
+whose owner is gone. SIGTERM is turned into a normal exit, so a terminated `kus` stops its own.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Environment variable naming the `kus` process that owns an ephemeral Prefect server: "pid:start".
+OWNER_VAR = "KUS_PREFECT_OWNER"
+_EPHEMERAL_MARK = "PREFECT__SERVER_EPHEMERAL=1"
+_PROC = Path("/proc")
 
 
 def configure_prefect(settings: Settings, quiet: bool = False) -> None:
@@ -22,3 +41,94 @@ def configure_prefect(settings: Settings, quiet: bool = False) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if quiet:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    stopped = stop_orphaned_servers(Path(os.environ["PREFECT_HOME"]))
+    if stopped:
+        log.info("stopped %d temporary Prefect server(s) left by a killed kus: pid %s",
+                 len(stopped), ", ".join(str(s.pid) for s in stopped))
+    owner = _identity(os.getpid())
+    if owner is not None:
+        os.environ[OWNER_VAR] = owner  # inherited by the server Prefect spawns
+    _exit_on_sigterm()
+
+
+@dataclass(frozen=True)
+class OrphanedServer:
+    pid: int
+    owner: str
+
+
+def orphaned_servers(prefect_home: Path) -> list[OrphanedServer]:
+    """Ephemeral Prefect servers started for `prefect_home` whose owning `kus` no longer runs.
+
+    Linux only (reads /proc); elsewhere the list is empty and Prefect's own exit handler is all.
+    """
+    found: list[OrphanedServer] = []
+    home_mark = f"PREFECT_HOME={prefect_home}"
+    for pid, environ in _environments():
+        if _EPHEMERAL_MARK not in environ or home_mark not in environ:
+            continue
+        owner = next((v.split("=", 1)[1] for v in environ if v.startswith(OWNER_VAR + "=")), None)
+        if owner is None or _owner_alive(owner):
+            continue  # not ours to judge, or its kus still runs
+        found.append(OrphanedServer(pid, owner))
+    return found
+
+
+def stop_orphaned_servers(prefect_home: Path, wait_s: float = 5.0) -> list[OrphanedServer]:
+    """Terminate (then kill) the servers :func:`orphaned_servers` finds; returns them."""
+    servers = orphaned_servers(prefect_home)
+    for server in servers:
+        _signal(server.pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    for server in servers:
+        while _PROC.joinpath(str(server.pid)).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _PROC.joinpath(str(server.pid)).exists():
+            _signal(server.pid, signal.SIGKILL)
+    return servers
+
+
+def _environments() -> Iterator[tuple[int, list[str]]]:
+    if not sys.platform.startswith("linux") or not _PROC.is_dir():
+        return
+    me = os.getpid()
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            raw = (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or another user's process
+            continue
+        yield int(entry.name), raw.decode("utf-8", "replace").split("\0")
+
+
+def _identity(pid: int) -> str | None:
+    """"pid:start-time" (clock ticks since boot): unlike a pid alone, never reused."""
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces and parentheses
+    return f"{pid}:{fields[19]}"
+
+
+def _owner_alive(owner: str) -> bool:
+    pid, _, _ = owner.partition(":")
+    return pid.isdigit() and _identity(int(pid)) == owner
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends `kus` like Ctrl-C would, so atexit handlers (Prefect's server stop) run."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return  # someone (a worker, a test runner) already decided what SIGTERM means
+    try:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    except ValueError:  # not the main thread
+        pass

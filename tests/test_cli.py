@@ -81,3 +81,81 @@ def test_the_demo_runs_two_gated_refreshes_and_prints_agreement(tmp_path: Path) 
     assert "audit chain verified" in out
     assert (result.returncode == 0) == ("rejects the run" not in out)
     assert (tmp_path / "keys" / "audit.key").is_file() and (tmp_path / "reviewer_keys.json").is_file()
+
+
+_FLOW_THAT_WAITS = """
+import sys, time
+from infra.settings import Settings
+from flows.prefect_setup import configure_prefect
+configure_prefect(Settings.load(), quiet=True)
+from prefect import flow
+
+@flow
+def waits():
+    print("flow running", flush=True)
+    for _ in range(1200):  # short sleeps, as real work runs bytecode between steps: a signal that
+        time.sleep(0.1)    # lands on another thread is handled at the next one
+
+waits()
+"""
+
+
+def _servers_for(prefect_home: Path) -> list[int]:
+    """Pids of running ephemeral Prefect servers started for `prefect_home` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes().decode("utf-8", "replace").split("\0")
+            except OSError:
+                continue
+            if "PREFECT__SERVER_EPHEMERAL=1" in environ and f"PREFECT_HOME={prefect_home}" in environ:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _start_waiting_flow(home: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "KUS_PREFECT_OWNER"}
+    env.update(KUS_HOME=str(home), HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-c", _FLOW_THAT_WAITS], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout is not None and "flow running" in proc.stdout.readline()
+    return proc
+
+
+def _wait_until(condition, timeout: float = 15.0) -> bool:  # noqa: ANN001 - a callable
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def test_no_temporary_prefect_server_outlives_its_kus(tmp_path: Path) -> None:
+    """A SIGKILLed kus leaves its ephemeral server behind; the next kus on that home stops it.
+    A SIGTERMed kus stops its own on the way out."""
+    import signal
+
+    from flows.prefect_setup import orphaned_servers
+
+    prefect_home = tmp_path / "prefect"
+    killed = _start_waiting_flow(tmp_path)
+    servers = _servers_for(prefect_home)
+    assert len(servers) == 1 and orphaned_servers(prefect_home) == []  # its owner still runs
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert _wait_until(lambda: [s.pid for s in orphaned_servers(prefect_home)] == servers)
+    assert _servers_for(prefect_home) == servers  # left behind, still serving
+
+    result = kus("--quiet", "runs", home=tmp_path, PREFECT_HOME=str(prefect_home))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _wait_until(lambda: _servers_for(prefect_home) == [])
+
+    terminated = _start_waiting_flow(tmp_path)
+    assert len(_servers_for(prefect_home)) == 1
+    terminated.send_signal(signal.SIGTERM)
+    assert terminated.wait(timeout=30) != 0
+    assert _wait_until(lambda: _servers_for(prefect_home) == [])
