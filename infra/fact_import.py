@@ -136,7 +136,9 @@ def read_text_strict(path: Path) -> str:
 
 
 def _csv_rows(path: Path) -> Iterator[_Row]:
-    lines = read_text_strict(path).splitlines(keepends=True)
+    # split at \r and \n only, as CSV does: str.splitlines would also split a row at U+0085,
+    # U+2028 and other Unicode line breaks inside a value, and misname the lines after it
+    lines = io.StringIO(read_text_strict(path), newline="")
     consumed: list[str] = []
 
     def feed() -> Iterator[str]:
@@ -227,7 +229,7 @@ def _to_fact(values: dict[str, Any], known: set[str] | None, source: str) -> tup
         value = value.strip()
         if not value and name in REQUIRED_FIELDS:
             return None, f"empty field {name}"
-        bad = next((i for i, ch in enumerate(value) if unicodedata.category(ch) in ("Cc", "Cf", "Cs")), None)
+        bad = next((i for i, ch in enumerate(value) if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp")), None)
         if bad is not None:
             return None, f"field {name} contains control character U+{ord(value[bad]):04X} at position {bad + 1}"
         if len(value) > MAX_FIELD_CHARS:
@@ -347,9 +349,14 @@ def _template(path: Path, name: str, spec: Any) -> RelationTemplate:
 
 def _check_placeholders(where: str, what: str, template: str, required: str) -> None:
     try:
-        names = {field for _, field, _, _ in Formatter().parse(template) if field is not None}
+        parts = [(field, spec, conversion) for _, field, spec, conversion in Formatter().parse(template)
+                 if field is not None]
     except ValueError as exc:
         raise InvalidInput(f"{where}: {what} {template!r} is not a valid template: {exc}") from exc
+    if any(spec or conversion for _, spec, conversion in parts):
+        raise InvalidInput(f"{where}: {what} {template!r} converts or formats a placeholder (!r, :spec); "
+                           f"write {{{required}}} alone, it is filled in verbatim")
+    names = {field for field, _, _ in parts}
     if required not in names:
         raise InvalidInput(f"{where}: {what} {template!r} lacks {{{required}}}")
     other = sorted(names - {required})
