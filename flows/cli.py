@@ -271,6 +271,14 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _anchor_store(settings: Settings):  # noqa: ANN202 - infra.anchor_store.AnchorStore
+    from infra.anchor_store import open_anchor_store
+
+    return open_anchor_store(str(settings.anchor_store_uri), retention_days=settings.anchor_retention_days,
+                             mode=settings.anchor_lock_mode, endpoint_url=settings.s3_endpoint_url,
+                             checksums=settings.s3_checksums)
+
+
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     """show / verify [--anchor FILE] / export / anchor --out FILE / keygen."""
     from infra.audit import export_events, head_anchor, list_events, verify_chain
@@ -289,11 +297,17 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     with service_context(settings) as ctx, ctx.db.session() as session:
         if args.audit_command == "verify":
-            anchor = json.loads(Path(args.anchor).read_text()) if args.anchor else None
+            anchor, source = None, ""
+            if args.anchor:
+                anchor, source = json.loads(Path(args.anchor).read_text()), args.anchor
+            elif settings.anchor_store_uri:
+                newest = _anchor_store(settings).latest()
+                if newest is not None:
+                    anchor, source = json.loads(newest[1]), f"{settings.anchor_store_uri} ({newest[0]})"
             report = verify_chain(session, anchor=anchor)
             if report.ok:
                 extra = (", keyed (MACs verified)" if report.keyed else ", NOT keyed (no audit key configured)")
-                extra += f", matches the anchor at seq {anchor['seq']}" if anchor else ", no anchor given"
+                extra += f", matches the anchor at seq {anchor['seq']} from {source}" if anchor else ", no anchor given"
                 console.print(f"[green]audit chain verified[/]: {report.events_checked} events, no changed or missing "
                               f"rows, triggers in place{extra}")
                 return 0
@@ -312,8 +326,20 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
             if args.out:
                 Path(args.out).write_text(text)
             console.print(f"audit anchor at seq {anchor['seq']} ({anchor['hash'][:16]}) written to the store as {key}"
-                          + (f" and to {args.out}" if args.out else "")
-                          + "; keep a copy on write-once storage (e.g. an S3 bucket with Object Lock)")
+                          + (f" and to {args.out}" if args.out else ""))
+            if settings.anchor_store_uri:
+                store = _anchor_store(settings)
+                name = key.rsplit("/", 1)[1]
+                if name in store.names():
+                    console.print(f"anchor {name} is already in {store.uri} (nothing new since it was written)")
+                else:
+                    receipt = store.write(name, text.encode())
+                    lock = (f"locked ({receipt.mode}) until {receipt.locked_until:%Y-%m-%d}" if receipt.locked_until
+                            else "read-only file, no lock")
+                    console.print(f"write-once copy: {receipt.uri}, {lock}")
+            else:
+                console.print("no anchor store configured (KUS_ANCHOR_STORE): keep a copy on write-once storage "
+                              "yourself, e.g. an S3 bucket with Object Lock")
             return 0
         print_audit(list_events(session)[-args.last:])
     return 0

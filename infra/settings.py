@@ -78,6 +78,12 @@ class Settings:
     #: seconds a refresh's lease lasts without renewal (every step renews it); a crashed run is
     #: declared dead only after its lease expired
     lease_ttl_seconds: int = 7200
+    #: write-once storage for audit anchors: s3://bucket[/prefix] (a bucket with Object Lock) or
+    #: file:///dir; None: `kus audit anchor` writes to the delta store and a file only
+    anchor_store_uri: str | None = None
+    #: days an anchor stays locked (S3 Object Lock retention), and the lock mode
+    anchor_retention_days: int = 2555
+    anchor_lock_mode: str = "COMPLIANCE"
     #: file holding the secret that keys the audit trail (HMAC); default $KUS_HOME/keys/audit.key when it
     #: exists. Keep it outside the database (a mounted secret): whoever holds only the database cannot
     #: rewrite history and recompute the chain.
@@ -145,6 +151,9 @@ class Settings:
             "KUS_LEASE_TTL": "lease_ttl_seconds",
             "KUS_AUDIT_KEY_FILE": "audit_key_path",
             "KUS_REVIEWER_KEYS": "reviewer_keys_path",
+            "KUS_ANCHOR_STORE": "anchor_store_uri",
+            "KUS_ANCHOR_RETENTION_DAYS": "anchor_retention_days",
+            "KUS_ANCHOR_LOCK_MODE": "anchor_lock_mode",
         }
         for var, key in env_map.items():
             if env.get(var):
@@ -207,6 +216,15 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             raise InvalidInput(f"max_targets must be a whole number, got {out['max_targets']!r}") from None
         if out["max_targets"] < 1:
             raise InvalidInput("max_targets must be >= 1")
+    if "anchor_retention_days" in out:
+        try:
+            out["anchor_retention_days"] = int(out["anchor_retention_days"])
+        except (TypeError, ValueError):
+            raise InvalidInput(f"anchor_retention_days must be a whole number, got {out['anchor_retention_days']!r}") from None
+        if out["anchor_retention_days"] < 1:
+            raise InvalidInput("anchor_retention_days must be >= 1")
+    if out.get("anchor_lock_mode") is not None and out["anchor_lock_mode"] not in ("COMPLIANCE", "GOVERNANCE"):
+        raise InvalidInput(f"anchor_lock_mode must be COMPLIANCE or GOVERNANCE, got {out['anchor_lock_mode']!r}")
     if out.get("edit_mode") is not None and out["edit_mode"] not in EDIT_MODES:
         raise InvalidInput(f"edit_mode must be one of {EDIT_MODES}, got {out['edit_mode']!r}")
     if out.get("s3_checksums") not in (None, "when_required", "when_supported"):
