@@ -94,28 +94,45 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_import_facts(args: argparse.Namespace, settings: Settings) -> int:
-    """Import facts as a source system would: changed values land in the change feed."""
+    """Import facts as a source system would: changed values land in the change feed.
+
+    The file streams in chunks (memory bounded by its distinct keys, not its size) inside one
+    transaction: all good rows or, on any failure, none. Refused rows are printed (the first
+    few), summarised in the audit event, and kept in full as a verified blob in the store.
+    """
     from infra import repository as repo
     from infra.audit import append_event
     from infra.context import current_user, service_context
-    from infra.fact_import import read_facts
+    from infra.delta_store.base import sha256_hex
+    from infra.fact_import import iter_fact_chunks
+    from infra.rejections import RejectionLog
     from tasks.catalogue_inputs import templates_for
-    from tasks.ingest import rejection_summary
 
     templates = templates_for(settings)
-    result = read_facts(Path(args.path), known_relations=templates.relations(), source=args.source)
-    for error in result.errors[:SHOWN_REJECTIONS]:
-        console.print(f"[yellow]rejected[/] line {error.line}: {error.reason}")
-    if len(result.errors) > SHOWN_REJECTIONS:
-        console.print(f"[yellow]... and {len(result.errors) - SHOWN_REJECTIONS} more rejected rows[/] "
-                      "(every one is in the audit event's list and counts)")
+    chunks = iter_fact_chunks(Path(args.path), known_relations=templates.relations(), source=args.source)
+    rejected = RejectionLog(id_field="line")
+    rows_ok = changed = 0
     with service_context(settings) as ctx, ctx.db.session() as session:
-        changes = repo.upsert_facts(session, result.facts, changed_by=args.source or current_user())
-        append_event(session, current_user(), "import_facts", f"file:{Path(args.path).name}",
-                     {"rows_ok": len(result.facts), "rows_rejected": len(result.errors), "changes": len(changes),
-                      **rejection_summary([(e.line, e.reason) for e in result.errors], id_field="line")})
-    console.print(f"{len(result.facts)} rows read, {len(changes)} facts changed, {len(result.errors)} rows rejected")
-    return 4 if result.errors else 0  # any rejected row: the caller must look (the good rows are imported)
+        for chunk in chunks:
+            for error in sorted(chunk.errors, key=lambda e: e.line):
+                if rejected.count < SHOWN_REJECTIONS:
+                    console.print(f"[yellow]rejected[/] line {error.line}: {error.reason}")
+                rejected.add(error.line, error.reason, error.raw)
+            changed += len(repo.upsert_facts(session, chunk.facts, changed_by=args.source or current_user()))
+            rows_ok += len(chunk.facts)
+            session.expunge_all()  # flushed: the rows live in the open transaction, not in memory
+        payload = {"rows_ok": rows_ok, "rows_rejected": rejected.count, "changes": changed, **rejected.summary()}
+        if rejected.count:
+            blob = rejected.full_list()
+            key = f"imports/rejected-rows-{sha256_hex(blob)}.jsonl.gz"
+            ctx.store.put_blob(key, blob)  # unreachable store: the transaction rolls back, nothing imported
+            payload["rejected_rows"] = {"blob": key, "sha256": sha256_hex(blob), "rows": rejected.count}
+        append_event(session, current_user(), "import_facts", f"file:{Path(args.path).name}", payload)
+    if rejected.count > SHOWN_REJECTIONS:
+        console.print(f"[yellow]... and {rejected.count - SHOWN_REJECTIONS} more rejected rows[/] "
+                      "(counted in the audit event; every one in the store blob it names)")
+    console.print(f"{rows_ok} rows read, {changed} facts changed, {rejected.count} rows rejected")
+    return 4 if rejected.count else 0  # any rejected row: the caller must look (the good rows are imported)
 
 
 def cmd_refresh(args: argparse.Namespace, settings: Settings) -> int:

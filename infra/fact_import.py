@@ -24,7 +24,9 @@ Templates (YAML or JSON)::
 
 from __future__ import annotations
 
+import codecs
 import csv
+import hashlib
 import io
 import json
 import unicodedata
@@ -75,70 +77,151 @@ class _Parsed:
     fact: Fact
 
 
+@dataclass(frozen=True)
+class ImportChunk:
+    """A slice of a facts file, in file order: the good facts and the refused rows of that slice."""
+
+    facts: list[Fact]
+    errors: list[RowError]
+
+
 def read_facts(
     path: Path, known_relations: Collection[str] | None = None, source: str | None = None
 ) -> ImportResult:
-    """Read facts from a CSV or JSON-lines file, keeping good rows and explaining bad ones.
+    """Read a whole facts file (CSV or JSON lines), keeping good rows and explaining bad ones.
 
-    Args:
-        path: a ``.csv``, ``.jsonl`` or ``.json`` (JSON lines) file.
-        known_relations: when given, a row with any other relation is refused.
-        source: recorded as each fact's ``source``; defaults to the file name.
+    The same as collecting :func:`iter_fact_chunks`; prefer that for large files.
 
     Raises:
         NotFound: the file does not exist.
-        InvalidInput: the file type is unknown, or a CSV header lacks a required column or has
-            an unknown one.
+        InvalidInput: the file type is unknown, it is not UTF-8 text, or a CSV header lacks a
+            required column or has an unknown one.
+    """
+    facts: list[Fact] = []
+    errors: list[RowError] = []
+    for chunk in iter_fact_chunks(path, known_relations, source):
+        facts += chunk.facts
+        errors += chunk.errors
+    errors.sort(key=lambda e: e.line)
+    return ImportResult(facts=facts, errors=errors)
+
+
+def iter_fact_chunks(
+    path: Path, known_relations: Collection[str] | None = None, source: str | None = None, chunk_rows: int = 5000
+) -> Iterator[ImportChunk]:
+    """Stream a facts file in chunks of about `chunk_rows` rows, in bounded memory.
+
+    Two passes over the file: the first checks the encoding and the header (a bad file raises
+    before any chunk is yielded, so nothing of it is imported) and remembers each (subject, relation)
+    as a 64-bit digest with its object's digest and first line; the second yields the rows. Rows of
+    a (subject, relation) the file gives different objects are all refused (in the last chunk, as
+    conflicts); an identical repeat is kept once, at its first line. Memory grows with the distinct
+    keys (about 100 bytes each), not with the rows' text.
+
+    Raises: as :func:`read_facts`.
     """
     path = Path(path)
     if not path.is_file():
         raise NotFound(f"facts file {path} does not exist")
+    if chunk_rows < 1:
+        raise InvalidInput(f"chunk_rows must be >= 1, got {chunk_rows}")
     suffix = path.suffix.lower()
-    source_name = source or path.name
-    known = set(known_relations) if known_relations is not None else None
     if suffix in CSV_SUFFIXES:
-        rows = _csv_rows(path)
+        read_rows = _csv_rows
     elif suffix in JSONL_SUFFIXES:
-        rows = _jsonl_rows(path)
+        read_rows = _jsonl_rows
     else:
         raise InvalidInput(
             f"{path}: unknown facts file type {suffix!r}; use {', '.join(CSV_SUFFIXES + JSONL_SUFFIXES)}"
         )
-    parsed: list[_Parsed] = []
+    source_name = source or path.name
+    known = set(known_relations) if known_relations is not None else None
+
+    first_seen: dict[int, int] = {}  # key digest -> object digest << 40 | first line
+    suspect: set[int] = set()  # key digests given two different objects (or a digest collision)
+    for line, _raw, values, problem in read_rows(path):
+        fact = _to_fact(values, known, source_name)[0] if problem is None else None
+        if fact is not None:
+            key, obj = _digest(fact.subject, fact.relation), _digest(fact.object)
+            seen = first_seen.setdefault(key, obj << 40 | line)
+            if seen >> 40 != obj:
+                suspect.add(key)
+    return _second_pass(path, read_rows, known, source_name, chunk_rows, first_seen, suspect)
+
+
+def _second_pass(path: Path, read_rows, known: set[str] | None, source_name: str, chunk_rows: int,  # noqa: ANN001
+                 first_seen: dict[int, int], suspect: set[int]) -> Iterator[ImportChunk]:
+    held: list[_Parsed] = []
+    facts: list[Fact] = []
     errors: list[RowError] = []
-    for line, raw, values, problem in rows:
+    for line, raw, values, problem in read_rows(path):
         fact: Fact | None = None
         if problem is None:
             fact, problem = _to_fact(values, known, source_name)
         if fact is None:
             errors.append(RowError(line, problem or "unreadable row", raw))
         else:
-            parsed.append(_Parsed(line, raw, fact))
-    facts, conflicts = _drop_conflicts(parsed)
-    errors.extend(conflicts)
-    errors.sort(key=lambda e: e.line)
-    return ImportResult(facts=facts, errors=errors)
+            key = _digest(fact.subject, fact.relation)
+            if key in suspect:
+                held.append(_Parsed(line, raw, fact))
+            elif first_seen[key] & (1 << 40) - 1 == line:
+                facts.append(fact)
+        if len(facts) + len(errors) >= chunk_rows:
+            yield ImportChunk(facts, errors)
+            facts, errors = [], []
+    kept, conflicts = _drop_conflicts(held)
+    yield ImportChunk(facts + kept, errors + conflicts)
+
+
+def _digest(*parts: str) -> int:
+    return int.from_bytes(hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest(), "big")
 
 
 _Row = tuple[int, str, dict[str, Any], str | None]  # line, raw text, values, problem
 
 
+def _text_lines(path: Path, newline: str) -> Iterator[str]:
+    """The file's lines as UTF-8 text, read incrementally (a leading BOM dropped); InvalidInput naming
+    the line of the first byte that is not UTF-8 (a binary file or another encoding: its rows cannot
+    be trusted, so a caller that reads the file to its end before writing imports none of it)."""
+    with path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline=newline) as text:
+        try:
+            yield from text
+        except UnicodeDecodeError:
+            pass
+        else:
+            return
+    raise _encoding_error(path)
+
+
+def _encoding_error(path: Path) -> InvalidInput:
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset, lines = 0, 0
+    with path.open("rb") as raw:
+        while block := raw.read(1 << 16):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                # positions in exc are relative to the decoder's buffer: pending bytes + this block
+                pending = len(exc.object) - len(block)
+                bad = offset - pending + exc.start
+                lines += block.count(b"\n", 0, max(0, exc.start - pending))
+                return InvalidInput(f"{path}: line {lines + 1} is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                                    f"at offset {bad}); save the file as UTF-8")
+            offset += len(block)
+            lines += block.count(b"\n")
+    return InvalidInput(f"{path}: is not UTF-8 text (it ends inside a character); save the file as UTF-8")
+
+
 def read_text_strict(path: Path) -> str:
-    """The file as UTF-8 text, or InvalidInput naming the line of the first byte that is not UTF-8
-    (a binary file or another encoding is refused whole: its rows cannot be trusted)."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise InvalidInput(f"{path}: line {line} is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
-                           f"{exc.start}); save the file as UTF-8") from None
+    """The whole file as UTF-8 text, or InvalidInput naming the line of the first byte that is not UTF-8."""
+    return "".join(_text_lines(Path(path), newline=""))
 
 
 def _csv_rows(path: Path) -> Iterator[_Row]:
     # split at \r and \n only, as CSV does: str.splitlines would also split a row at U+0085,
     # U+2028 and other Unicode line breaks inside a value, and misname the lines after it
-    lines = io.StringIO(read_text_strict(path), newline="")
+    lines = _text_lines(path, newline="")
     consumed: list[str] = []
 
     def feed() -> Iterator[str]:
@@ -190,8 +273,7 @@ def _csv_rows(path: Path) -> Iterator[_Row]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[_Row]:
-    # the whole file is decoded first, so an encoding error names its line
-    for line, text in enumerate(io.StringIO(read_text_strict(path)), start=1):
+    for line, text in enumerate(_text_lines(path, newline="\n"), start=1):
         raw = text.rstrip("\r\n")
         if not raw.strip():
             continue

@@ -17,6 +17,7 @@ from infra.audit import append_event
 from infra.context import ServiceContext, service_context
 from infra.domain import EditRequest, FactChange, RelationTemplates
 from infra.errors import InvalidState
+from infra.rejections import LISTED_REJECTIONS, RejectionLog  # noqa: F401 - re-exported
 from tasks.catalogue_inputs import templates_for
 from tasks.live_model import head_values
 from tasks.retry_policy import retry_transient_only
@@ -95,19 +96,12 @@ def ingest_changes(
         return IngestOutcome(run.id if targets else None, len(accepted), len(rejections), f"run {run.id}", len(targets))
 
 
-#: Rejected rows listed one by one in an audit event; the rest are counted (every one is in the
-#: change_rejections table, which is the record).
-LISTED_REJECTIONS = 50
-
-
 def rejection_summary(rejections: list[tuple[int, str]], id_field: str = "change_id") -> dict:
     """A bounded audit payload for any number of rejected rows: the first ones, and counts by check."""
-    by_check: dict[str, int] = {}
-    for _cid, reason in rejections:
-        check = reason.split("(", 1)[0].strip() or reason[:60]
-        by_check[check] = by_check.get(check, 0) + 1
-    return {"rejections": [{id_field: cid, "reason": reason[:300]} for cid, reason in rejections[:LISTED_REJECTIONS]],
-            "rejections_not_listed": max(0, len(rejections) - LISTED_REJECTIONS), "rejections_by_check": by_check}
+    log = RejectionLog(id_field=id_field)
+    for cid, reason in rejections:
+        log.add(cid, reason)
+    return log.summary()
 
 
 def _check_incoming(changes: list[FactChange], templates: RelationTemplates) -> tuple[list[int], list[tuple[int, str]]]:

@@ -159,3 +159,53 @@ def test_no_temporary_prefect_server_outlives_its_kus(tmp_path: Path) -> None:
     terminated.send_signal(signal.SIGTERM)
     assert terminated.wait(timeout=30) != 0
     assert _wait_until(lambda: _servers_for(prefect_home) == [])
+
+
+def test_import_facts_streams_keeps_every_refused_row_and_is_all_or_nothing(
+    tmp_path: Path, db_url: str, monkeypatch, capsys
+) -> None:  # noqa: ANN001 - pytest fixtures
+    """Good rows land in the feed; refused ones exit 4, are summarised in the audit event and kept in
+    full in a verified store blob; with the store down a file with refused rows imports nothing."""
+    import gzip
+    import json as jsonlib
+
+    from flows.cli import main
+    from infra import repository as repo
+    from infra.audit import list_events
+    from infra.context import service_context
+    from infra.settings import Settings
+
+    monkeypatch.setenv("KUS_HOME", str(tmp_path))
+    monkeypatch.setenv("KUS_DATABASE_URL", db_url)
+    rows = ["subject,relation,object"] + [f"Gadget {i},price,${i}" for i in range(30)]
+    rows += ["Gadget 99,energy_label,A", "Gadget 98,price,", "Gadget 97,colour,red\x1b[31m"]
+    facts_file = tmp_path / "facts.csv"
+    facts_file.write_text("\n".join(rows) + "\n")
+
+    down = {"KUS_DELTA_STORE": "s3://kus-nowhere/deltas", "KUS_S3_ENDPOINT_URL": "http://127.0.0.1:9"}
+    with monkeypatch.context() as m:
+        for k, v in down.items():
+            m.setenv(k, v)
+        m.setenv("AWS_ACCESS_KEY_ID", "x")
+        m.setenv("AWS_SECRET_ACCESS_KEY", "y")
+        assert main(["--quiet", "import-facts", str(facts_file)]) == 1  # the refused rows cannot be kept
+    with service_context(Settings.load()) as ctx, ctx.db.session() as session:
+        assert repo.changes_since(session, 0, None) == [] and repo.load_facts(session) == []
+
+    capsys.readouterr()
+    assert main(["--quiet", "import-facts", str(facts_file)]) == 4
+    out = " ".join(capsys.readouterr().out.split())
+    assert "30 rows read, 30 facts changed, 3 rows rejected" in out and "line 32" in out
+    with service_context(Settings.load()) as ctx:
+        with ctx.db.session() as session:
+            assert len(repo.changes_since(session, 0, None)) == 30
+            event = [e for e in list_events(session) if e.action == "import_facts"][-1]
+        assert event.payload["rows_rejected"] == 3 and event.payload["changes"] == 30
+        blob = event.payload["rejected_rows"]
+        full = [jsonlib.loads(line) for line in gzip.decompress(ctx.store.get_blob(blob["blob"])).splitlines()]
+    assert [r["line"] for r in full] == [32, 33, 34]
+    assert "unknown relation" in full[0]["reason"] and full[0]["raw"] == "Gadget 99,energy_label,A"
+
+    assert main(["--quiet", "import-facts", str(facts_file)]) == 4  # a second import changes nothing
+    with service_context(Settings.load()) as ctx, ctx.db.session() as session:
+        assert len(repo.changes_since(session, 0, None)) == 30

@@ -224,3 +224,36 @@ def test_control_characters_long_values_and_foreign_encodings_are_refused_with_t
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
     with pytest.raises(InvalidInput, match="not UTF-8"):
         read_facts(binary)
+
+
+def test_large_files_stream_in_chunks_with_the_same_result(tmp_path: Path) -> None:
+    """Chunks hold at most chunk_rows rows; conflicts across chunks are still all refused (in the last
+    chunk), identical repeats kept once; collected, the chunks are exactly read_facts' result."""
+    from infra.fact_import import iter_fact_chunks
+
+    lines = ["subject,relation,object"]
+    for i in range(40):
+        lines.append(f"Item {i},price,${i}")
+    lines += ["Item 3,price,$3", "Item 5,price,$999", "Bad,price,", "Item 7,colour,red"]
+    path = _write(tmp_path, "big.csv", "\n".join(lines) + "\n")
+    chunks = list(iter_fact_chunks(path, known_relations=KNOWN, chunk_rows=8))
+    assert len(chunks) > 4 and all(len(c.facts) + len(c.errors) <= 8 for c in chunks[:-1])
+    facts = [f for c in chunks for f in c.facts]
+    errors = sorted((e for c in chunks for e in c.errors), key=lambda e: e.line)
+    whole = read_facts(path, known_relations=KNOWN)
+    assert sorted(facts, key=lambda f: f.subject) == sorted(whole.facts, key=lambda f: f.subject)
+    assert errors == whole.errors
+    assert [e.line for e in errors] == [7, 43, 44]  # both rows of Item 5 ($5, $999), the empty object
+    assert "conflict" in errors[0].reason and "line 43 says '$999'" in errors[0].reason
+    assert len(facts) == 40  # Item 0-39 less Item 5, plus Item 7's colour; the repeat of Item 3 once
+    assert sum(f.subject == "Item 3" for f in facts) == 1
+
+
+def test_an_encoding_error_deep_in_a_file_is_named_before_anything_streams(tmp_path: Path) -> None:
+    from infra.fact_import import iter_fact_chunks
+
+    rows = "".join(f"Item {i},price,${i}\n" for i in range(20_000))  # ~330 KB: past the first read blocks
+    path = tmp_path / "late.csv"
+    path.write_bytes(b"subject,relation,object\n" + rows.encode() + b"Caf\xe9,price,$1\n")
+    with pytest.raises(InvalidInput, match="line 20002 is not UTF-8"):
+        iter_fact_chunks(path)  # raises on the call: the first pass reads the file to its end
