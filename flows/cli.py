@@ -174,16 +174,24 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     console.print(f"[bold]run {run.id}[/] {run.model_name} editor={run.editor} status={run.status} "
                   f"started by {run.started_by} delta={run.delta_sha or '-'}")
     if run.error:
-        console.print(f"[red]error:[/] {run.error}")
-    for rejection in rejections:
-        console.print(f"[yellow]rejected change {rejection.change_id}[/]: {rejection.reason}")
+        console.print(f"[red]error:[/] {_clip(run.error, 500)}")
+    shown = rejections if args.all else rejections[:SHOWN_REJECTIONS]
+    for rejection in shown:
+        console.print(f"[yellow]rejected change {rejection.change_id}[/]: {_clip(rejection.reason)}", soft_wrap=True)
+    if len(shown) < len(rejections):
+        console.print(f"[yellow]... and {len(rejections) - len(shown)} more rejected changes[/] (`kus show {run.id} --all`)")
     if run.metrics and run.metrics.get("agreement"):
         print_agreement(run.metrics)
     if run.validation:
         print_validation(run.validation)
     for approval in approvals:
-        console.print(f"{approval.decision} by {approval.reviewer} at {approval.at:%Y-%m-%d %H:%M}: {approval.reason}")
+        console.print(f"{approval.decision} by {approval.reviewer} at {approval.at:%Y-%m-%d %H:%M}: {_clip(approval.reason, 500)}")
     return 0
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """A value as printed on a terminal: at most `limit` characters (a 10,000-character reason is on the record, not on screen)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
@@ -492,6 +500,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p = add("show", cmd_show, "show one run: rejected rows, validation, decisions")
     p.add_argument("run", type=int)
+    p.add_argument("--all", action="store_true", help=f"list every rejected row (default: the first {SHOWN_REJECTIONS})")
     for name, text in (("approve", "approve a run (approval of record) and promote it"), ("reject", "reject a run")):
         p = add(name, cmd_decide, text)
         p.add_argument("run", type=int)

@@ -123,7 +123,7 @@ def test_a_nul_character_is_refused_the_same_way_on_both_databases(db: Database)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_many_rejected_rows_make_a_bounded_audit_event(db_url: str, tmp_path: Path) -> None:
+def test_many_rejected_rows_make_a_bounded_audit_event(db_url: str, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
     from infra.audit import list_events
     from tasks.ingest import LISTED_REJECTIONS
 
@@ -142,6 +142,18 @@ def test_many_rejected_rows_make_a_bounded_audit_event(db_url: str, tmp_path: Pa
     assert len(event.payload["rejections"]) == LISTED_REJECTIONS
     assert event.payload["rejections_not_listed"] == 120 - LISTED_REJECTIONS
     assert sum(event.payload["rejections_by_check"].values()) == 120
+    assert len(event.payload["rejections_by_check"]) < 5  # counted by check, not by row value
+
+    from flows.cli import SHOWN_REJECTIONS, main  # `kus show` lists the first rows and counts the rest
+
+    monkeypatch.setenv("KUS_HOME", str(tmp_path))
+    monkeypatch.setenv("KUS_DATABASE_URL", db_url)
+    capsys.readouterr()
+    assert main(["--quiet", "show", str(outcome.run_id)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("rejected change") == SHOWN_REJECTIONS + 1 and f"{120 - SHOWN_REJECTIONS} more" in out
+    assert main(["--quiet", "show", str(outcome.run_id), "--all"]) == 0
+    assert capsys.readouterr().out.count("rejected change") == 120
 
 
 def test_an_operator_drops_a_change_on_the_record(db: Database) -> None:
