@@ -120,3 +120,13 @@ def token_ce_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     target = labels[:, 1:].reshape(-1)  # [B*(T-1)]
     total = torch.nn.functional.cross_entropy(shifted.float(), target, ignore_index=IGNORE, reduction="sum")
     return total, (target != IGNORE).sum()
+
+
+def token_kl_sums(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of KL(teacher || student) of the next-token distributions at labelled positions, number
+    of them): the whole distribution is kept, not only its argmax (end-of-text included)."""
+    mask = labels[:, 1:] != IGNORE  # [B, T-1]
+    student = torch.log_softmax(logits[:, :-1, :][mask].float(), dim=-1)  # [N, V]
+    teacher = torch.log_softmax(teacher_logits[:, :-1, :][mask].float(), dim=-1)
+    total = torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="sum")
+    return total, mask.sum()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
@@ -14,7 +15,7 @@ from editing.adapters.lora import factor_tensors, lora_attached, lora_factors, t
 from editing.adapters.targets import target_modules, weight_names
 from editing.adapters.training import dense_finetune, adam_steps
 from editing.protocol import EditContext, EditResult
-from editing.saul.core import Pair, collate, saul_rows, token_ce_sums
+from editing.saul.core import Pair, collate, saul_rows, token_ce_sums, token_kl_sums
 from editing.saul.hparams import SAULHParams
 from editing.trainable import only_these_trainable
 from infra.domain import EditRequest
@@ -82,6 +83,10 @@ class SAULEditor:
         n_augment = round(hparams.augment_ratio * len(requests))
         pad = pad_id(tokenizer)
         rng = random.Random(hparams.seed)
+        teacher = None
+        if hparams.reg_loss == "kl":  # the model as it was, frozen: the regulariser's reference
+            teacher = copy.deepcopy(model).eval()
+            teacher.requires_grad_(False)
 
         def loss_fn(net: nn.Module) -> tuple[torch.Tensor, float]:
             # random facts are drawn afresh every step
@@ -99,7 +104,14 @@ class SAULEditor:
                              attention_mask=batch.attention_mask[chunk].to(device)).logits
                 s, n = token_ce_sums(logits, batch.edit_labels[chunk].to(device))
                 edit_sum, edit_n = edit_sum + s, edit_n + int(n)
-                s, n = token_ce_sums(logits, batch.reg_labels[chunk].to(device))
+                reg_labels = batch.reg_labels[chunk].to(device)
+                if teacher is None:
+                    s, n = token_ce_sums(logits, reg_labels)
+                else:
+                    with torch.no_grad():
+                        before = teacher(input_ids=batch.input_ids[chunk].to(device),
+                                         attention_mask=batch.attention_mask[chunk].to(device)).logits
+                    s, n = token_kl_sums(logits, before, reg_labels)
                 reg_sum, reg_n = reg_sum + s, reg_n + int(n)
             edit_loss = edit_sum / max(edit_n, 1)
             loss = edit_loss + (hparams.reg_weight * reg_sum / reg_n if reg_n else 0.0)

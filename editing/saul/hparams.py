@@ -9,6 +9,7 @@ from infra.errors import InvalidInput
 
 TUNINGS = ("full", "lora")
 AUGMENT_LOSSES = ("full", "answer")
+REG_LOSSES = ("ce", "kl")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ class SAULHParams:
     `near_share` (our addition): that share of the augmented rows is a pool fact of an edited
     subject (its other relations), the facts an edit most easily drags along; with `near_relation`
     also a pool fact asked the way an edit is (the same relation of another subject).
+
+    `reg_loss` (our addition): "ce" trains the regularised tokens towards their labels (the pool's
+    answers, the corpus' words); "kl" towards the unedited model's whole next-token distribution at
+    the same positions (KL(before || after)): margins and end-of-text probabilities are kept too,
+    not only the argmax.
     """
 
     layers: tuple[int, ...] = (1,)
@@ -55,6 +61,7 @@ class SAULHParams:
     corpus_share: float = 0.0
     near_share: float = 0.0
     near_relation: bool = False
+    reg_loss: str = "ce"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,6 +70,8 @@ class SAULHParams:
         validate_lora_fields("saul", self)
         if self.tuning not in TUNINGS:
             raise InvalidInput(f"saul: tuning must be one of {TUNINGS}, got {self.tuning!r}")
+        if self.reg_loss not in REG_LOSSES:
+            raise InvalidInput(f"saul: reg_loss must be one of {REG_LOSSES}, got {self.reg_loss!r}")
         if self.augment_loss not in AUGMENT_LOSSES:
             raise InvalidInput(f"saul: augment_loss must be one of {AUGMENT_LOSSES}, got {self.augment_loss!r}")
         if self.concat_facts < 0:
