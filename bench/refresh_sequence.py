@@ -51,7 +51,8 @@ def batch_for(facts, base: dict, refresh: int, rng: random.Random):
     return batch
 
 
-def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Path, policy: str = "gate") -> Path:
+def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Path, policy: str = "gate",
+                 tag: str = "") -> Path:
     """`policy`: "gate" (the reviewer approves what passed the retention suite, rejects the rest) or
     "promote-all" (every candidate is promoted, failed ones by override: how the chain itself ages)."""
     from infra import repository as repo
@@ -73,7 +74,7 @@ def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Pa
     register_reviewer_key(settings.reviewer_keys_file, REVIEWER, public)
     reviewer_key = load_private_key(pem)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    out = OUT_DIR / f"{plan.replace(',', '+')}-{mode}{'' if policy == 'gate' else '-' + policy}.jsonl"
+    out = OUT_DIR / f"{plan.replace(',', '+')}-{mode}{'' if policy == 'gate' else '-' + policy}{'-' + tag if tag else ''}.jsonl"
     out.write_text("")
     rng = random.Random(0)
     seed = generate_catalogue(n_products=200)
@@ -197,6 +198,7 @@ def main() -> None:
     parser.add_argument("--policy", choices=["gate", "promote-all"], default="gate",
                         help="promote-all: promote failed candidates too (by override), to measure how the chain ages")
     parser.add_argument("--model", type=Path, default=None, help="a built demo model (default: build one under the run's home)")
+    parser.add_argument("--tag", default="", help="a suffix for the series' file name (e.g. the profile it ran with)")
     parser.add_argument("--report", action="store_true", help="only write the table and plot from the results files")
     args = parser.parse_args()
     if args.report:
@@ -210,7 +212,7 @@ def main() -> None:
             from infra.settings import Settings
 
             model_dir = ensure_model(Settings.load(home=home)).path
-        run_sequence(args.plan, args.mode, args.refreshes, home, model_dir, args.policy)
+        run_sequence(args.plan, args.mode, args.refreshes, home, model_dir, args.policy, args.tag)
     report()
 
 
