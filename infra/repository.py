@@ -236,12 +236,38 @@ def get_fact(session: Session, subject: str, relation: str) -> Fact | None:
     return _fact(row) if row is not None else None
 
 
-def changes_since(session: Session, after_change_id: int, up_to: int | None = None) -> list[FactChange]:
-    """Feed rows with ``after_change_id < id <= up_to`` (no upper bound when `up_to` is None), by id."""
+def changes_since(session: Session, after_change_id: int, up_to: int | None = None,
+                  limit: int | None = None) -> list[FactChange]:
+    """Feed rows with ``after_change_id < id <= up_to`` (no upper bound when `up_to` is None), by id;
+    at most `limit` of them (page on with the last id)."""
     query = sa.select(FactChangeRow).where(FactChangeRow.id > after_change_id)
     if up_to is not None:
         query = query.where(FactChangeRow.id <= up_to)
-    return [_change(r) for r in session.scalars(query.order_by(FactChangeRow.id))]
+    query = query.order_by(FactChangeRow.id)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_change(r) for r in session.scalars(query)]
+
+
+def conflicting_changes(session: Session, after_change_id: int, up_to: int | None = None) -> dict[int, int]:
+    """Feed rows in the range that share subject, relation and changed_at with a row giving another
+    new_object: {change id: distinct new_objects in its group}. Computed in the database, so a feed
+    checked page by page still sees conflicts that straddle two pages."""
+    in_range = FactChangeRow.id > after_change_id
+    if up_to is not None:
+        in_range = sa.and_(in_range, FactChangeRow.id <= up_to)
+    groups = (
+        sa.select(FactChangeRow.subject, FactChangeRow.relation, FactChangeRow.changed_at,
+                  sa.func.count(sa.distinct(FactChangeRow.new_object)).label("n"))
+        .where(in_range)
+        .group_by(FactChangeRow.subject, FactChangeRow.relation, FactChangeRow.changed_at)
+        .having(sa.func.count(sa.distinct(FactChangeRow.new_object)) > 1)
+        .subquery()
+    )
+    query = sa.select(FactChangeRow.id, groups.c.n).join(groups, sa.and_(
+        FactChangeRow.subject == groups.c.subject, FactChangeRow.relation == groups.c.relation,
+        FactChangeRow.changed_at == groups.c.changed_at)).where(in_range)
+    return {int(i): int(n) for i, n in session.execute(query)}
 
 
 def base_values(session: Session, keys: Iterable[tuple[str, str]] | None = None) -> dict[tuple[str, str], str | None]:

@@ -68,32 +68,63 @@ def ingest_changes(
                          {"reason": "its refresh lease expired before it finished; its changes are redone by the next run"})
         since = repo.watermark(session, model_name)
         latest = repo.latest_change_id(session)
-        changes = repo.changes_since(session, since, latest)
-        if not changes and not outstanding_targets(session, model_name, templates, since):
+        has_changes = bool(repo.changes_since(session, since, latest, limit=1))
+        if not has_changes and not outstanding_targets(session, model_name, templates, since):
             leases.release(session, model_name, None)
             return IngestOutcome(None, 0, 0, f"no changes after feed position {since}, and the live model says "
                                              "what the database says")
         run = repo.create_run(session, model_name, editor, started_by, since, latest, flow_run_id=flow_run_id)
         leases.bind(session, model_name, run.id)
-        accepted, rejections = _check_incoming(changes, templates)
-        repo.record_rejections(session, run.id, [repo.Rejection(cid, reason) for cid, reason in rejections])
+        checked = check_feed_in_pages(session, run.id, since, latest, templates)
         targets = outstanding_targets(session, model_name, templates, latest)
         append_event(
             session, started_by, "ingest", f"run:{run.id}",
             {"model": model_name, "editor": editor, "feed_from": since, "feed_to": latest,
-             "changes": len(changes), "accepted": len(accepted), "rejected": len(rejections),
+             "changes": checked.changes, "accepted": checked.accepted, "rejected": checked.rejected.count,
              "outstanding": len(targets),
-             **rejection_summary(rejections)},
+             **checked.rejected.summary()},
         )
         if not targets:
-            reason = ("every incoming change was rejected" if changes and not accepted
+            reason = ("every incoming change was rejected" if checked.changes and not checked.accepted
                       else "the accepted changes leave every fact as the live model already says it")
             repo.update_run(session, run.id, status="failed", error=reason)
             append_event(session, started_by, "run_failed", f"run:{run.id}", {"reason": reason})
             leases.release(session, model_name, run.id)
         log.info("run %s: %d new changes, %d accepted, %d rejected; %d facts to change in the live model",
-                 run.id, len(changes), len(accepted), len(rejections), len(targets))
-        return IngestOutcome(run.id if targets else None, len(accepted), len(rejections), f"run {run.id}", len(targets))
+                 run.id, checked.changes, checked.accepted, checked.rejected.count, len(targets))
+        return IngestOutcome(run.id if targets else None, checked.accepted, checked.rejected.count, f"run {run.id}",
+                             len(targets))
+
+
+#: Feed rows checked by one run of the GX input suite: memory stays bounded by a page, not the feed.
+INGEST_PAGE_ROWS = 10_000
+
+
+@dataclass
+class FeedCheck:
+    changes: int
+    accepted: int
+    rejected: RejectionLog
+
+
+def check_feed_in_pages(session: Session, run_id: int, since: int, latest: int | None, templates: RelationTemplates,
+                        page_rows: int = INGEST_PAGE_ROWS) -> FeedCheck:
+    """Run the GX input suite over the feed rows (since, latest] a page at a time, recording every
+    rejected row against `run_id`; conflicts are counted over the whole range (in the database)."""
+    conflicts = repo.conflicting_changes(session, since, latest)
+    out = FeedCheck(0, 0, RejectionLog())
+    cursor = since
+    while page := repo.changes_since(session, cursor, latest, limit=page_rows):
+        accepted, rejections = _check_incoming(page, templates, conflicts)
+        repo.record_rejections(session, run_id, [repo.Rejection(cid, reason) for cid, reason in rejections])
+        for cid, reason in rejections:
+            out.rejected.add(cid, reason)
+        out.changes += len(page)
+        out.accepted += len(accepted)
+        cursor = page[-1].change_id
+        session.flush()
+        session.expunge_all()  # written to the transaction; keep none of the page in memory
+    return out
 
 
 def rejection_summary(rejections: list[tuple[int, str]], id_field: str = "change_id") -> dict:
@@ -104,7 +135,8 @@ def rejection_summary(rejections: list[tuple[int, str]], id_field: str = "change
     return log.summary()
 
 
-def _check_incoming(changes: list[FactChange], templates: RelationTemplates) -> tuple[list[int], list[tuple[int, str]]]:
+def _check_incoming(changes: list[FactChange], templates: RelationTemplates,
+                    conflicts: dict[int, int] | None = None) -> tuple[list[int], list[tuple[int, str]]]:
     """(accepted change ids, (change id, reason) per rejected row), by the GX input suite."""
     if not changes:
         return [], []
@@ -118,7 +150,7 @@ def _check_incoming(changes: list[FactChange], templates: RelationTemplates) -> 
             "changed_at": [c.changed_at for c in changes],
         }
     )
-    report = validate_incoming_changes(frame, templates.relations())
+    report = validate_incoming_changes(frame, templates.relations(), conflicts=conflicts)
     return report.accepted_ids, report.rejections
 
 

@@ -167,3 +167,31 @@ def test_an_operator_drops_a_change_on_the_record(db: Database) -> None:
         assert repo.ledger(session) == []  # no refresh edits toward it again
         row = session.execute(sa.text("SELECT run_id, reason FROM change_rejections")).one()
     assert row.run_id is None and "dropped by alice: typo in the ERP" in row.reason
+
+
+def test_the_feed_is_checked_page_by_page_with_the_same_verdicts(db: Database) -> None:
+    """Paged ingest (two rows a page) rejects exactly what one page does, a conflict split over two
+    pages included, and records every rejection."""
+    from tasks.ingest import check_feed_in_pages
+
+    templates = load_templates(demo_templates_path())
+    facts = generate_catalogue(n_products=5)
+    a, b, c = (_price(facts, i).subject for i in range(3))
+    with db.session() as session:
+        repo.seed_facts(session, facts)
+        repo.upsert_facts(session, [Fact(a, "price", "$11"), Fact(b, "price", "$12"), Fact("Gadget", "energy_label", "A"),
+                                    Fact(a, "price", "$13"), Fact(c, "price", "$14x" * 30)], changed_by="erp")
+        latest = repo.latest_change_id(session)
+        since = latest - 5
+        verdicts = {}
+        for page_rows in (2, 1000):
+            run = repo.create_run(session, "demo", "saul", "bot", since, latest)
+            checked = check_feed_in_pages(session, run.id, since, latest, templates, page_rows=page_rows)
+            rejected = {r.change_id: r.reason for r in repo.rejections_for(session, run.id)}
+            verdicts[page_rows] = (checked.changes, checked.accepted, checked.rejected.count, rejected)
+    assert verdicts[2] == verdicts[1000]
+    changes, accepted, rejected_count, rejected = verdicts[2]
+    assert (changes, accepted, rejected_count) == (5, 1, 4)
+    ids = sorted(rejected)
+    assert "conflicting rows are all rejected" in rejected[ids[0]] and "conflicting rows are all rejected" in rejected[ids[2]]
+    assert "not a known relation" in rejected[ids[1]] and "characters" in rejected[ids[3]]

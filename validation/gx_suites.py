@@ -117,7 +117,7 @@ def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT
 
 
-def _prepare_incoming(df: pd.DataFrame) -> pd.DataFrame:
+def _prepare_incoming(df: pd.DataFrame, conflicts: Mapping[int, int] | None = None) -> pd.DataFrame:
     missing = [c for c in INCOMING_COLUMNS if c not in df.columns]
     if missing:
         raise InvalidInput(f"incoming changes lack columns {missing}; expected {list(INCOMING_COLUMNS)}")
@@ -134,6 +134,9 @@ def _prepare_incoming(df: pd.DataFrame) -> pd.DataFrame:
         lambda s: s.dropna().nunique()
     )
     frame[_CONFLICT_COLUMN] = distinct.astype("int64")
+    if conflicts:  # counted over the whole feed range, beyond this page
+        frame[_CONFLICT_COLUMN] = [max(int(n), int(conflicts.get(int(cid), 0)))
+                                   for cid, n in zip(frame["change_id"], frame[_CONFLICT_COLUMN])]
     return frame
 
 
@@ -178,7 +181,8 @@ def _incoming_expectations(known_relations: Collection[str], max_object_chars: i
     ]
 
 
-def validate_incoming_changes(df: pd.DataFrame, known_relations: Collection[str], max_object_chars: int = 64) -> IncomingReport:
+def validate_incoming_changes(df: pd.DataFrame, known_relations: Collection[str], max_object_chars: int = 64,
+                              conflicts: Mapping[int, int] | None = None) -> IncomingReport:
     """Check a batch of change-feed rows; say which are usable and why the others are not.
 
     Expectations: change_id unique; subject and new_object non-null and not blank; relation
@@ -190,13 +194,15 @@ def validate_incoming_changes(df: pd.DataFrame, known_relations: Collection[str]
         df: columns change_id, subject, relation, old_object, new_object, changed_at.
         known_relations: relations that have templates.
         max_object_chars: longest acceptable new_object.
+        conflicts: for a feed checked page by page, {change id: distinct new_objects of its group}
+            over the whole range (``repository.conflicting_changes``); within the page they are counted anyway.
 
     Raises:
         InvalidInput: a column is missing or a change_id is null.
     """
     if max_object_chars < 1:
         raise InvalidInput("max_object_chars must be >= 1")
-    frame = _prepare_incoming(df)
+    frame = _prepare_incoming(df, conflicts)
     checks = _incoming_expectations(known_relations, max_object_chars)
     result = _run_suite(
         "incoming_changes",
