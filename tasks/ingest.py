@@ -22,7 +22,7 @@ from tasks.catalogue_inputs import templates_for
 from tasks.live_model import head_values
 from tasks.retry_policy import retry_transient_only
 from validation.gx_suites import validate_incoming_changes
-from validation.sets import ledger_targets
+from validation.sets import ledger_targets, outstanding_facts
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,12 @@ def outstanding_targets(session: Session, model_name: str, templates: RelationTe
     head = repo.get_head(session, model_name)
     live = head_values(session, head)
     return ledger_targets(repo.ledger(session, up_to), live, repo.base_values(session, set(live)), templates)
+
+
+def count_outstanding(session: Session, model_name: str, up_to: int) -> int:
+    """How many facts :func:`outstanding_targets` would list, without rendering a prompt for each."""
+    live = head_values(session, repo.get_head(session, model_name))
+    return sum(1 for _ in outstanding_facts(repo.ledger(session, up_to), live, repo.base_values(session, set(live))))
 
 
 def ingest_changes(
@@ -69,31 +75,31 @@ def ingest_changes(
         since = repo.watermark(session, model_name)
         latest = repo.latest_change_id(session)
         has_changes = bool(repo.changes_since(session, since, latest, limit=1))
-        if not has_changes and not outstanding_targets(session, model_name, templates, since):
+        if not has_changes and not count_outstanding(session, model_name, since):
             leases.release(session, model_name, None)
             return IngestOutcome(None, 0, 0, f"no changes after feed position {since}, and the live model says "
                                              "what the database says")
         run = repo.create_run(session, model_name, editor, started_by, since, latest, flow_run_id=flow_run_id)
         leases.bind(session, model_name, run.id)
         checked = check_feed_in_pages(session, run.id, since, latest, templates)
-        targets = outstanding_targets(session, model_name, templates, latest)
+        outstanding = count_outstanding(session, model_name, latest)
         append_event(
             session, started_by, "ingest", f"run:{run.id}",
             {"model": model_name, "editor": editor, "feed_from": since, "feed_to": latest,
              "changes": checked.changes, "accepted": checked.accepted, "rejected": checked.rejected.count,
-             "outstanding": len(targets),
+             "outstanding": outstanding,
              **checked.rejected.summary()},
         )
-        if not targets:
+        if not outstanding:
             reason = ("every incoming change was rejected" if checked.changes and not checked.accepted
                       else "the accepted changes leave every fact as the live model already says it")
             repo.update_run(session, run.id, status="failed", error=reason)
             append_event(session, started_by, "run_failed", f"run:{run.id}", {"reason": reason})
             leases.release(session, model_name, run.id)
         log.info("run %s: %d new changes, %d accepted, %d rejected; %d facts to change in the live model",
-                 run.id, checked.changes, checked.accepted, checked.rejected.count, len(targets))
-        return IngestOutcome(run.id if targets else None, checked.accepted, checked.rejected.count, f"run {run.id}",
-                             len(targets))
+                 run.id, checked.changes, checked.accepted, checked.rejected.count, outstanding)
+        return IngestOutcome(run.id if outstanding else None, checked.accepted, checked.rejected.count, f"run {run.id}",
+                             outstanding)
 
 
 #: Feed rows checked by one run of the GX input suite: memory stays bounded by a page, not the feed.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -120,12 +120,21 @@ def ledger_targets(
     delivered, and facts changed back to their base value (`base` must hold those keys) alike.
     ``target_true`` is what the live model says now.
     """
-    targets: list[EditRequest] = []
+    return [_request(key[0], key[1], new, says, templates) for key, new, says in outstanding_facts(ledger, live, base)]
+
+
+def outstanding_facts(
+    ledger: Sequence[LedgerEntry],
+    live: Mapping[tuple[str, str], str],
+    base: Mapping[tuple[str, str], str | None],
+) -> Iterator[tuple[tuple[str, str], str, str | None]]:
+    """(key, value the database holds, what the live model says) of each :func:`ledger_targets`
+    target, in the same order, without rendering prompts: counting them costs no strings."""
     in_ledger = {entry.key for entry in ledger}
     for entry in ledger:
         says = live.get(entry.key, entry.base)
         if says != entry.value:
-            targets.append(_request(entry.subject, entry.relation, entry.value, says, templates))
+            yield entry.key, entry.value, says
     for key, says in sorted(live.items()):
         if key in in_ledger:
             continue
@@ -133,8 +142,7 @@ def ledger_targets(
             raise InvalidInput(f"the live model was edited on {key} but its base value is unknown")
         original = base[key]
         if original is not None and says != original:
-            targets.append(_request(key[0], key[1], original, says, templates))
-    return targets
+            yield key, original, says
 
 
 def ledger_requests(ledger: Sequence[LedgerEntry], templates: RelationTemplates) -> list[EditRequest]:
