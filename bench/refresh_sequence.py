@@ -120,11 +120,23 @@ def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Pa
                 "agreement_unchanged": agreement["unchanged"],
                 "candidate_changed": run.metrics["agreement"]["after"]["changed"],
                 "candidate_kept": run.metrics["agreement"]["after"]["unchanged_kept"],
+                **process_footprint(ctx),
             }
             with out.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
     return out
+
+
+def process_footprint(ctx) -> dict:  # noqa: ANN001 - a ServiceContext
+    """Resident memory, open file descriptors and database connections checked out now: flat over a
+    long sequence, or something leaks."""
+    rss_kb = next((int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmRSS:")), 0) if Path("/proc/self/status").exists() else 0
+    fds = len(os.listdir("/proc/self/fd")) if Path("/proc/self/fd").exists() else -1
+    pool = ctx.db.engine.pool
+    return {"rss_mb": round(rss_kb / 1024, 1), "open_fds": fds,
+            "db_connections": pool.checkedout() if hasattr(pool, "checkedout") else -1}
 
 
 def report() -> None:
