@@ -137,11 +137,9 @@ def report() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = {}
-    for path in sorted(OUT_DIR.glob("*.jsonl")):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if rows:
-            series[path.stem] = rows
+    from series_files import read_series
+
+    series = read_series(OUT_DIR)
     lines = ["# CounterFact on SmolLM2-135M-Instruct: sequential edits (2-core CPU)", "",
              "After the last batch of each editor; every score over all records edited so far. tf = teacher-forced "
              "(target_new more likely than the true object; locality: the neighbour's true object still more likely "

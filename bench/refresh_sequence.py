@@ -146,11 +146,9 @@ def report() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = {}
-    for path in sorted(OUT_DIR.glob("*.jsonl")):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if rows:
-            series[path.stem] = rows
+    from series_files import read_series
+
+    series = read_series(OUT_DIR)
     lines = [
         "# Consecutive demo refreshes: catalogue agreement, retention pass rate, time",
         "",

@@ -178,6 +178,10 @@ def _read_config(path: Path) -> dict[str, Any]:
     return dict(section)
 
 
+#: Settings that are whole numbers, with their smallest allowed value.
+_WHOLE_NUMBERS = {"lease_ttl_seconds": 1, "agreement_sample": 0, "max_targets": 1, "anchor_retention_days": 1}
+
+
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
     for key in ("home", "base_model_path", "templates_path", "heldout_text_path", "stats_corpus_path", "signing_key_path",
@@ -195,34 +199,15 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             raise InvalidInput(f"unknown thresholds {sorted(unknown)}; known: {sorted(DEFAULT_THRESHOLDS)}")
         merged.update({k: float(v) for k, v in out["thresholds"].items()})
         out["thresholds"] = merged
-    if "lease_ttl_seconds" in out:
+    for name, minimum in _WHOLE_NUMBERS.items():
+        if name not in out:
+            continue
         try:
-            out["lease_ttl_seconds"] = int(out["lease_ttl_seconds"])
+            out[name] = int(out[name])
         except (TypeError, ValueError):
-            raise InvalidInput(f"lease_ttl_seconds must be a whole number, got {out['lease_ttl_seconds']!r}") from None
-        if out["lease_ttl_seconds"] < 1:
-            raise InvalidInput("lease_ttl_seconds must be >= 1")
-    if "agreement_sample" in out:
-        try:
-            out["agreement_sample"] = int(out["agreement_sample"])
-        except (TypeError, ValueError):
-            raise InvalidInput(f"agreement_sample must be a whole number, got {out['agreement_sample']!r}") from None
-        if out["agreement_sample"] < 0:
-            raise InvalidInput("agreement_sample must be >= 0")
-    if "max_targets" in out:
-        try:
-            out["max_targets"] = int(out["max_targets"])
-        except (TypeError, ValueError):
-            raise InvalidInput(f"max_targets must be a whole number, got {out['max_targets']!r}") from None
-        if out["max_targets"] < 1:
-            raise InvalidInput("max_targets must be >= 1")
-    if "anchor_retention_days" in out:
-        try:
-            out["anchor_retention_days"] = int(out["anchor_retention_days"])
-        except (TypeError, ValueError):
-            raise InvalidInput(f"anchor_retention_days must be a whole number, got {out['anchor_retention_days']!r}") from None
-        if out["anchor_retention_days"] < 1:
-            raise InvalidInput("anchor_retention_days must be >= 1")
+            raise InvalidInput(f"{name} must be a whole number, got {out[name]!r}") from None
+        if out[name] < minimum:
+            raise InvalidInput(f"{name} must be >= {minimum}")
     if out.get("anchor_lock_mode") is not None and out["anchor_lock_mode"] not in ("COMPLIANCE", "GOVERNANCE"):
         raise InvalidInput(f"anchor_lock_mode must be COMPLIANCE or GOVERNANCE, got {out['anchor_lock_mode']!r}")
     if out.get("edit_mode") is not None and out["edit_mode"] not in EDIT_MODES:
