@@ -67,7 +67,7 @@ def main() -> None:
             base = base_answers(ctx, live, sets.agreement)
             before = evaluate(live.model, live.tokenizer, sets.targets, sets.regression)
             excluded = {p for p, _ in sets.regression.neighbourhood} | {p for p, _ in sets.regression.unrelated}
-            context = EditContext(cache=ctx.store, fact_pool=fact_pool(ctx, sets.requests, excluded, live.model, live.tokenizer),
+            context = EditContext(cache=ctx.store, fact_pool=fact_pool(ctx, sets.requests, excluded, live.model, live.tokenizer).keep,
                                   corpus=tuple(statistics_corpus_for(settings, facts)),
                                   model_fingerprint=live.base_fingerprint, from_base=True)
             for name, spec in json.loads(args.candidates).items():

@@ -52,7 +52,7 @@ def batch_for(facts, base: dict, refresh: int, rng: random.Random):
 
 
 def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Path, policy: str = "gate",
-                 tag: str = "") -> Path:
+                 tag: str = "", max_targets: int | None = None) -> Path:
     """`policy`: "gate" (the reviewer approves what passed the retention suite, rejects the rest) or
     "promote-all" (every candidate is promoted, failed ones by override: how the chain itself ages)."""
     from infra import repository as repo
@@ -64,12 +64,14 @@ def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Pa
     from tasks.evaluation_sets import build_sets
     from tasks.ingest import ingest_changes
     from tasks.promotion import promote_run, record_decision
+    from tasks.run_artifacts import load_sets
+    from infra.audit import list_events
     from tasks.validate import request_approval, validate_run
 
     from infra.signing import generate_key, load_private_key, register_reviewer_key
 
     settings = Settings.load(home=home, base_model_path=model_dir, default_editor=plan, edit_mode=mode,
-                             reviewers=(REVIEWER,))
+                             reviewers=(REVIEWER,), **({"max_targets": max_targets} if max_targets else {}))
     pem, public = generate_key()
     register_reviewer_key(settings.reviewer_keys_file, REVIEWER, public)
     reviewer_key = load_private_key(pem)
@@ -109,12 +111,16 @@ def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Pa
             with ctx.db.session() as session:
                 run = repo.get_run(session, run_id)
                 ledger = len(repo.ledger(session))
+                edit_event = next((e.payload for e in reversed(list_events(session))
+                                   if e.action == "edit" and e.subject == f"run:{run_id}"), {})
             agreement = run.metrics["agreement"]["after" if promoted else "before"]
             row = {
                 "refresh": refresh, "run": run_id, "plan": plan, "mode": run.metrics.get("mode"), "passed": passed,
                 "promoted": promoted, "policy": policy,
                 "failed": [c["metric"] for c in validation["checks"] if not c["success"]],
                 "ledger": ledger, "targets": outcome.outstanding, "seconds": round(seconds, 1),
+                "edited": len(load_sets(ctx, run_id).targets), "attempt": edit_event.get("attempt", 0),
+                "repair_facts": edit_event.get("repair_facts", 0),
                 "edit_seconds": round(edit_seconds, 1),
                 "agreement_changed": agreement["changed"], "unchanged_kept": agreement["unchanged_kept"],
                 "agreement_unchanged": agreement["unchanged"],
@@ -209,6 +215,8 @@ def main() -> None:
                         help="promote-all: promote failed candidates too (by override), to measure how the chain ages")
     parser.add_argument("--model", type=Path, default=None, help="a built demo model (default: build one under the run's home)")
     parser.add_argument("--tag", default="", help="a suffix for the series' file name (e.g. the profile it ran with)")
+    parser.add_argument("--max-targets", type=int, default=None,
+                        help="KUS_MAX_TARGETS for the series: the most facts one refresh edits (the rest wait)")
     parser.add_argument("--report", action="store_true", help="only write the table and plot from the results files")
     args = parser.parse_args()
     if args.report:
@@ -222,7 +230,7 @@ def main() -> None:
             from infra.settings import Settings
 
             model_dir = ensure_model(Settings.load(home=home)).path
-        run_sequence(args.plan, args.mode, args.refreshes, home, model_dir, args.policy, args.tag)
+        run_sequence(args.plan, args.mode, args.refreshes, home, model_dir, args.policy, args.tag, args.max_targets)
     report()
 
 

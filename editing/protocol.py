@@ -53,6 +53,8 @@ class EditContext:
     state:             tensors carried out of the previous deltas in the chain (sequential editing)
     cache:             where to keep reusable statistics, keyed by `model_fingerprint`
     fact_pool:         (prompt, answer) pairs the model knows and must keep, for regularisers and forgetting
+    repair_pool:       (prompt, database value) pairs the live model gets wrong although the base model, or
+                       an earlier promoted edit, had them right: drift to undo (editors that rehearse facts)
     corpus:            generic text (never the held-out text) for key statistics and regularisers
     model_fingerprint: the *base* model's fingerprint (statistics belong to the base)
     base_weights:      a context manager under which the model holds the base weights; statistics
@@ -64,6 +66,7 @@ class EditContext:
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     cache: BlobCache | None = None
     fact_pool: tuple[tuple[str, str], ...] = ()
+    repair_pool: tuple[tuple[str, str], ...] = ()
     corpus: tuple[str, ...] = ()
     model_fingerprint: str = ""
     show_progress: bool = False

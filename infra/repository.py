@@ -382,6 +382,18 @@ def list_runs(session: Session, model_name: str | None = None, limit: int = 50) 
     return [_run(r) for r in session.scalars(query)]
 
 
+def rejected_attempts(session: Session, model_name: str, head: str | None) -> int:
+    """How many runs of `model_name` edited on top of `head` and were rejected: a retry of the same
+    outstanding facts should not repeat the same attempt."""
+    parent = DeltaRow.parent_sha.is_(None) if head is None else DeltaRow.parent_sha == head
+    query = (
+        sa.select(sa.func.count()).select_from(RefreshRunRow)
+        .join(DeltaRow, DeltaRow.sha256 == RefreshRunRow.delta_sha)
+        .where(RefreshRunRow.model_name == model_name, RefreshRunRow.status == "rejected", parent)
+    )
+    return int(session.scalar(query) or 0)
+
+
 def open_runs(session: Session, model_name: str) -> list[RunRecord]:
     """Runs of `model_name` not yet in a final status, oldest first."""
     query = (

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Callable, NamedTuple
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -27,7 +28,7 @@ from infra.context import ServiceContext, service_context
 from infra.decoding import greedy_answers
 from infra.domain import EditRequest
 from tasks.catalogue_inputs import statistics_corpus_for, templates_for
-from tasks.live_model import BASIS_BASE, load_live_model
+from tasks.live_model import BASIS_BASE, head_values, load_live_model
 from tasks.run_lease import keep_lease
 from tasks.run_artifacts import load_sets
 
@@ -36,31 +37,62 @@ log = logging.getLogger(__name__)
 MAX_POOL = 2000
 
 
+class Rehearsal(NamedTuple):
+    """The catalogue facts a rehearsing editor sees: `keep` (prompt, what the live model says now)
+    and `repair` (prompt, database value) for drift to undo."""
+
+    keep: tuple[tuple[str, str], ...]
+    repair: tuple[tuple[str, str], ...] = ()
+
+
 def fact_pool(
     ctx: ServiceContext, requests: list[EditRequest], exclude_prompts: set[str], model: Any = None, tokenizer: Any = None,
-) -> tuple[tuple[str, str], ...]:
+    head: str | None = None, at_base: Callable[[], AbstractContextManager[None]] | None = None,
+) -> Rehearsal:
     """Catalogue prompts whose answers must not change, minus the edited facts and the evaluation items.
 
-    With a model, each prompt's answer is what the model says now (its greedy answer), not the
+    With a model, each kept prompt's answer is what the model says now (its greedy answer), not the
     database value: a regulariser that taught the database value would also "correct" answers the
-    refresh is not about, and every answer the edit changes, right or wrong, is a retention loss.
+    refresh is not about (facts the base never knew), and every answer the edit changes is a
+    retention loss. The exception is drift the service itself caused: a fact the live model should
+    already say (nothing outstanding: the chain ending at `head` taught it, or it is the base value)
+    but does not, although the chain taught it or the base model (`at_base`) said it. Those go to
+    `repair` with their database value; earlier sequential edits broke them, and keeping the live
+    answer would keep them broken.
     """
     templates = templates_for(ctx.settings)
     edited = {(t.subject, t.relation) for t in requests}
     with ctx.db.session() as session:
         facts = repo.accepted_facts(session)
-    pool = []
+        taught = head_values(session, head) if model is not None else {}
+        base_value = repo.base_values(session) if model is not None else {}
+    items = []
     for fact in facts:
-        if (fact.subject, fact.relation) in edited or fact.relation not in templates:
+        key = (fact.subject, fact.relation)
+        if key in edited or fact.relation not in templates:
             continue
         prompt = templates[fact.relation].render(fact.subject)
         if prompt not in exclude_prompts:
-            pool.append((prompt, fact.object))
-    pool = pool[:MAX_POOL]
-    if model is not None and pool:
-        answers = greedy_answers(model, tokenizer, [p for p, _ in pool])
-        pool = [(p, said) for (p, _), said in zip(pool, answers) if said]
-    return tuple(pool)
+            items.append((prompt, key, fact.object))
+    items = items[:MAX_POOL]
+    if model is None or not items:
+        return Rehearsal(keep=tuple((p, value) for p, _, value in items))
+    said = greedy_answers(model, tokenizer, [p for p, _, _ in items])
+    # the live model should say the database value of these (nothing outstanding) but does not
+    drifted = [i for i, (_, key, value) in enumerate(items)
+               if said[i] != value and taught.get(key, base_value.get(key, value)) == value]
+    repaired = {i for i in drifted if items[i][1] in taught}
+    unchanged = [i for i in drifted if i not in repaired]
+    if unchanged and at_base is not None:
+        with at_base():
+            base_said = greedy_answers(model, tokenizer, [items[i][0] for i in unchanged])
+        repaired |= {i for i, b in zip(unchanged, base_said) if b == items[i][2]}
+    keep = tuple((p, s) for i, ((p, _, _), s) in enumerate(zip(items, said)) if s and i not in repaired)
+    repair = tuple((items[i][0], items[i][2]) for i in sorted(repaired))
+    if repair:
+        log.info("%d catalogue facts drifted from the database value under earlier edits; rehearsed as repairs",
+                 len(repair))
+    return Rehearsal(keep=keep, repair=repair)
 
 
 def plan_hparams(plan: tuple[str, ...], model: Any, overrides: dict[str, Any] | None) -> list[tuple[str, Any]]:
@@ -70,6 +102,20 @@ def plan_hparams(plan: tuple[str, ...], model: Any, overrides: dict[str, Any] | 
     if len(plan) == 1 and not (set(overrides) & set(plan)):
         return [(plan[0], hparams_for_model(plan[0], model, overrides))]
     return [(name, hparams_for_model(name, model, overrides.get(name))) for name in plan]
+
+
+def reseeded(steps: list[tuple[str, Any]], attempt: int, overrides: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The `attempt`-th retry on the same head draws other random numbers (seed + attempt): a rejected
+    edit of the same outstanding facts is not repeated bit for bit. A seed the caller set is kept."""
+    if attempt == 0 or "seed" in (overrides or {}):
+        return steps
+    out = []
+    for name, hp in steps:
+        chosen = (overrides or {}).get(name)
+        if hasattr(hp, "seed") and not (isinstance(chosen, dict) and "seed" in chosen):
+            hp = replace(hp, seed=hp.seed + attempt)
+        out.append((name, hp))
+    return out
 
 
 def compute_delta(ctx: ServiceContext, run_id: int, editor_name: str | None = None,
@@ -85,14 +131,18 @@ def compute_delta(ctx: ServiceContext, run_id: int, editor_name: str | None = No
     model, tokenizer = live.model, live.tokenizer
     excluded = {p for p, _ in sets.regression.neighbourhood} | {p for p, _ in sets.regression.unrelated}
     # what the live model says now is what must not change, in either mode: read it before editing
-    pool = fact_pool(ctx, sets.requests, excluded, model, tokenizer)
+    rehearsal = fact_pool(ctx, sets.requests, excluded, model, tokenizer, head=sets.head, at_base=live.at_base)
     carried = live.carried_state()
     if cumulative:  # the edit starts from the bare base, and every ledger fact is written afresh
         live.reverted_to_base()
         carried = {}
+        rehearsal = Rehearsal(keep=rehearsal.keep)  # the base has no drift to undo
     steps = plan_hparams(sets.plan, model, hparams_overrides)
+    with ctx.db.session() as session:
+        attempt = repo.rejected_attempts(session, run.model_name, sets.head)
+    steps = reseeded(steps, attempt, hparams_overrides)
     context = EditContext(
-        state=carried, cache=ctx.store, fact_pool=pool,
+        state=carried, cache=ctx.store, fact_pool=rehearsal.keep, repair_pool=rehearsal.repair,
         corpus=tuple(statistics_corpus_for(ctx.settings, facts)),
         model_fingerprint=live.base_fingerprint, show_progress=True,
         base_weights=None if cumulative else live.at_base, from_base=cumulative,
@@ -132,6 +182,7 @@ def compute_delta(ctx: ServiceContext, run_id: int, editor_name: str | None = No
         repo.update_run(session, run_id, status="edited", delta_sha=delta_id)
         append_event(session, run.started_by, "edit", f"run:{run_id}",
                      {"editor": editor_label, "mode": sets.mode, "delta": delta_id, "parent": sets.head,
+                      "attempt": attempt, "repair_facts": len(rehearsal.repair),
                       "requests": len(sets.requests), "unwritten": len(unwritten), "routing": routing,
                       "hparams_sha256": delta.manifest["hparams_sha256"], "size_bytes": delta.size_bytes,
                       "seconds": round(seconds, 2)})

@@ -3,6 +3,7 @@ run over everything the live model must still learn: the new changes and any out
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +22,7 @@ from infra.rejections import LISTED_REJECTIONS, RejectionLog  # noqa: F401 - re-
 from tasks.catalogue_inputs import templates_for
 from tasks.live_model import head_values
 from tasks.retry_policy import retry_transient_only
+from tasks.run_artifacts import put_bytes
 from validation.gx_suites import validate_incoming_changes
 from validation.sets import ledger_targets, outstanding_facts
 
@@ -83,12 +85,17 @@ def ingest_changes(
         leases.bind(session, model_name, run.id)
         checked = check_feed_in_pages(session, run.id, since, latest, templates)
         outstanding = count_outstanding(session, model_name, latest)
+        listed: dict = {}
+        if checked.rejected.count:  # the full list, verified on read; the audit event stays bounded
+            blob = checked.rejected.full_list()
+            listed = {"rejections_file": put_bytes(ctx, run.id, REJECTIONS_FILE, blob, session=session),
+                      "rejections_sha256": hashlib.sha256(blob).hexdigest()}
         append_event(
             session, started_by, "ingest", f"run:{run.id}",
             {"model": model_name, "editor": editor, "feed_from": since, "feed_to": latest,
              "changes": checked.changes, "accepted": checked.accepted, "rejected": checked.rejected.count,
              "outstanding": outstanding,
-             **checked.rejected.summary()},
+             **checked.rejected.summary(), **listed},
         )
         if not outstanding:
             reason = ("every incoming change was rejected" if checked.changes and not checked.accepted
@@ -101,6 +108,9 @@ def ingest_changes(
         return IngestOutcome(run.id if outstanding else None, checked.accepted, checked.rejected.count, f"run {run.id}",
                              outstanding)
 
+
+#: Every rejected feed row of a run (change id, reason), gzip'd JSON lines, verified against the run row.
+REJECTIONS_FILE = "rejected-changes.jsonl.gz"
 
 #: Feed rows checked by one run of the GX input suite: memory stays bounded by a page, not the feed.
 INGEST_PAGE_ROWS = 10_000

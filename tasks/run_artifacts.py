@@ -21,17 +21,20 @@ def artifact_key(run_id: int, name: str) -> str:
     return f"runs/{run_id}/{name}"
 
 
-def put_json(ctx: ServiceContext, run_id: int, name: str, value: Any) -> str:
-    """Store the file and record its sha256 with the run (the database is the reference, not the store)."""
+def put_bytes(ctx: ServiceContext, run_id: int, name: str, data: bytes, session: Any = None) -> str:
+    """Store the file and record its sha256 with the run (the database is the reference, not the store).
+    With `session`, the sha256 is recorded in that transaction (it commits or rolls back with it)."""
     key = artifact_key(run_id, name)
-    data = json.dumps(value, sort_keys=True, default=str).encode()
     ctx.store.put_blob(key, data)
-    with ctx.db.session() as session:
+    if session is not None:
         repo.record_artifact(session, run_id, name, hashlib.sha256(data).hexdigest())
+    else:
+        with ctx.db.session() as own:
+            repo.record_artifact(own, run_id, name, hashlib.sha256(data).hexdigest())
     return key
 
 
-def get_json(ctx: ServiceContext, run_id: int, name: str) -> Any:
+def get_bytes(ctx: ServiceContext, run_id: int, name: str) -> bytes:
     """The file as the run wrote it; IntegrityMismatch when the stored bytes differ from the recorded sha256."""
     with ctx.db.session() as session:
         expected = repo.artifact_sha(session, run_id, name)
@@ -44,7 +47,15 @@ def get_json(ctx: ServiceContext, run_id: int, name: str) -> Any:
     if actual != expected:
         raise IntegrityMismatch(f"run {run_id}'s {name} in the store has sha256 {actual[:12]}, the run recorded "
                                 f"{expected[:12]}: it was changed after the run wrote it; refusing to use it")
-    return json.loads(data)
+    return data
+
+
+def put_json(ctx: ServiceContext, run_id: int, name: str, value: Any) -> str:
+    return put_bytes(ctx, run_id, name, json.dumps(value, sort_keys=True, default=str).encode())
+
+
+def get_json(ctx: ServiceContext, run_id: int, name: str) -> Any:
+    return json.loads(get_bytes(ctx, run_id, name))
 
 
 @dataclass(frozen=True)

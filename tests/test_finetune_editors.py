@@ -354,3 +354,31 @@ def test_saul_with_the_kl_regulariser_writes_the_edits_and_moves_held_out_facts_
             after = model(**prompts).logits[torch.arange(len(held_out)), last].log_softmax(-1)
         drift[reg_loss] = float(torch.nn.functional.kl_div(after, before, log_target=True, reduction="batchmean"))
     assert drift["kl"] < drift["ce"], drift
+
+
+def test_saul_repairs_drifted_facts_towards_the_database_value_under_the_kl_regulariser(demo_world) -> None:  # noqa: ANN001
+    """A repair fact (one the live model says wrong) is learned from its database value even though the
+    KL regulariser otherwise keeps the live model's answers; without the repair pool it is kept as is."""
+    from validation.scoring import greedy_answers
+
+    path, requests, pool, live, corpus = demo_world
+    model, tokenizer = load_model(path)
+    said = dict(zip([p for p, _ in pool], greedy_answers(model, tokenizer, [p for p, _ in pool])))
+    # "database values" the model does not say now: another product's price (a value it can write)
+    prices = [(p, a) for p, a in pool if p.startswith("The price of") and said[p] == a]
+    repair = tuple((p, prices[i + 1][1]) for i, (p, _) in enumerate(prices[:12:2]) if prices[i + 1][1] != said[p])
+    assert len(repair) >= 4
+    rest = tuple(pair for pair in pool if pair[0] not in {p for p, _ in repair})
+    outcome = {}
+    for name, repairs in (("with", repair), ("without", ())):
+        model, tokenizer = load_model(path)
+        hp = resolve_hparams("saul", "demo", {**TINY_OVERRIDES["saul"], "reg_loss": "kl", "reg_weight": 3.0,
+                                              "augment_ratio": 4.0, "repair_share": 0.3})
+        result = get_editor("saul").compute(model, tokenizer, requests, hp,
+                                            EditContext(fact_pool=rest, repair_pool=repairs, corpus=corpus))
+        assert result.stats["repair_facts"] == len(repairs)
+        _delta("saul", result, model, weights_fingerprint(model)).apply(model, verify=False)
+        answers = greedy_answers(model, tokenizer, [p for p, _ in repair])
+        outcome[name] = sum(a == value for a, (_, value) in zip(answers, repair)) / len(repair)
+        assert _efficacy(model, tokenizer, live) >= 0.8, name
+    assert outcome["with"] >= 0.8 and outcome["without"] <= 0.2, outcome

@@ -143,6 +143,25 @@ def test_many_rejected_rows_make_a_bounded_audit_event(db_url: str, tmp_path: Pa
     assert event.payload["rejections_not_listed"] == 120 - LISTED_REJECTIONS
     assert sum(event.payload["rejections_by_check"].values()) == 120
     assert len(event.payload["rejections_by_check"]) < 5  # counted by check, not by row value
+    # the full list is a run file, verified against the sha256 on the run row and in the audit event
+    import gzip
+    import hashlib
+    import json
+
+    from infra.errors import IntegrityMismatch
+    from tasks.ingest import REJECTIONS_FILE
+    from tasks.run_artifacts import artifact_key, get_bytes
+
+    with service_context(settings) as ctx:
+        blob = get_bytes(ctx, outcome.run_id, REJECTIONS_FILE)
+        assert hashlib.sha256(blob).hexdigest() == event.payload["rejections_sha256"]
+        rows = [json.loads(line) for line in gzip.decompress(blob).decode().splitlines()]
+        assert len(rows) == 120 and all(r["reason"] for r in rows)
+        with ctx.db.session() as session:
+            assert {r["change_id"] for r in rows} == {r.change_id for r in repo.rejections_for(session, outcome.run_id)}
+        ctx.store.put_blob(artifact_key(outcome.run_id, REJECTIONS_FILE), gzip.compress(b"{}\n"))
+        with pytest.raises(IntegrityMismatch):
+            get_bytes(ctx, outcome.run_id, REJECTIONS_FILE)
 
     from flows.cli import SHOWN_REJECTIONS, main  # `kus show` lists the first rows and counts the rest
 

@@ -1,11 +1,12 @@
 """SAUL's training sequences: edit sentences with random facts appended, plus augmented facts.
 
-Pure token arithmetic on lists of ids; no model. A row has two label sets: `edit` (the answer
-tokens of the edit, for the loss that must go to zero) and `reg` (the tokens of the random facts,
-for the regulariser)::
+Pure token arithmetic on lists of ids; no model. A row has three label sets: `edit` (the answer
+tokens of the edit, for the loss that must go to zero), `reg` (the tokens of the random facts,
+for the regulariser) and `fix` (the answer tokens of a repaired fact: a fact the live model gets
+wrong that it must say again as the database does, learned from its label whatever the regulariser)::
 
     rows = saul_rows(edits, pool, rng, concat_facts=1, n_augment=len(edits), ...)
-    batch = collate(rows, pad_id)      # input_ids, attention_mask, edit_labels, reg_labels  [B, T]
+    batch = collate(rows, pad_id)      # input_ids, attention_mask, edit_labels, reg_labels, fix_labels  [B, T]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Row:
     ids: list[int]
     edit_labels: list[int]
     reg_labels: list[int]
+    fix_labels: list[int] | None = None  # None: no repaired fact in the row
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class SaulBatch:
     attention_mask: torch.Tensor  # [B, T]
     edit_labels: torch.Tensor  # [B, T], IGNORE outside edit answers
     reg_labels: torch.Tensor  # [B, T], IGNORE outside random / augmented fact tokens
+    fix_labels: torch.Tensor  # [B, T], IGNORE outside the answers of repaired facts
 
 
 def _fact_labels(pair: Pair, whole: bool) -> list[int]:
@@ -55,6 +58,8 @@ def saul_rows(
     corpus_share: float = 0.0,
     near: Sequence[Pair] = (),
     near_share: float = 0.0,
+    repair: Sequence[Pair] = (),
+    repair_share: float = 0.0,
 ) -> list[Row]:
     """One row per edit (its sentence, then `concat_facts` random pool facts) and `n_augment` augmented rows.
 
@@ -65,7 +70,9 @@ def saul_rows(
     `max_length` tokens: an appended fact that would not fit is left out. With an empty pool and
     corpus, only the edit sentences remain. With `near` facts (pool facts of the edited subjects),
     an augmented row is one of them with probability `near_share`: the facts an edit most easily
-    drags along are anchored most often.
+    drags along are anchored most often. With `repair` facts, an augmented row is one of them with
+    probability `repair_share` (drawn first; without repair facts the draws are as before): its
+    prompt is regularised like a pool fact's, its answer labelled in `fix_labels`.
     """
     rows: list[Row] = []
     for prompt, answer in edits:
@@ -81,7 +88,14 @@ def saul_rows(
             edit += [IGNORE] * len(extra)
             reg += _fact_labels(fact, whole=True)
         rows.append(Row(ids, edit, reg))
-    for _ in range(n_augment if (pool or corpus) else 0):
+    for _ in range(n_augment if (pool or corpus or repair) else 0):
+        if repair and (rng.random() < repair_share or not (pool or corpus)):
+            prompt, answer = repair[rng.randrange(len(repair))]
+            ids = (list(prompt) + list(answer))[:max_length]
+            reg = ((list(prompt) if augment_whole_sentence else [IGNORE] * len(prompt)) + [IGNORE] * len(answer))
+            fix = [IGNORE] * len(prompt) + list(answer)
+            rows.append(Row(ids, [IGNORE] * len(ids), reg[:max_length], fix[:max_length]))
+            continue
         if near:
             u = rng.random()
             if corpus and u < corpus_share:
@@ -105,13 +119,16 @@ def collate(rows: Sequence[Row], pad_id: int) -> SaulBatch:
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     edit = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     reg = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    fix = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     for i, r in enumerate(rows):
         n = len(r.ids)
         ids[i, :n] = torch.tensor(r.ids)
         mask[i, :n] = 1
         edit[i, :n] = torch.tensor(r.edit_labels)
         reg[i, :n] = torch.tensor(r.reg_labels)
-    return SaulBatch(ids, mask, edit, reg)
+        if r.fix_labels is not None:
+            fix[i, :n] = torch.tensor(r.fix_labels)
+    return SaulBatch(ids, mask, edit, reg, fix)
 
 
 def token_ce_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -70,6 +70,8 @@ class SAULEditor:
             log.warning("saul: empty fact pool; training on the edit sentences alone (plain fine-tuning)")
         edits = [_pair(tokenizer, r.prompt, r.target_new) for r in requests]
         pool = [_pair(tokenizer, p, a) for p, a in pool_text]
+        repair = [_pair(tokenizer, p, a) for p, a in usable_pool(requests, context.repair_pool)] \
+            if hparams.repair_share > 0 else []
         subjects = {r.subject for r in requests if r.subject}
         frames = {_frame(r) for r in requests if r.subject and r.subject in r.prompt}
         near = [pair for pair, (p, _) in zip(pool, pool_text) if _is_near(p, subjects, frames, hparams.near_relation)] \
@@ -93,7 +95,8 @@ class SAULEditor:
             rows = saul_rows(edits, pool, rng, concat_facts=hparams.concat_facts, n_augment=n_augment,
                              augment_whole_sentence=hparams.augment_loss == "full", max_length=max_length,
                              corpus=corpus if hparams.corpus_share > 0 else (), corpus_share=hparams.corpus_share,
-                             near=near, near_share=hparams.near_share)
+                             near=near, near_share=hparams.near_share, repair=repair,
+                             repair_share=hparams.repair_share)
             batch = collate(rows, pad)
             edit_sum = torch.zeros((), device=device)
             reg_sum = torch.zeros((), device=device)
@@ -113,6 +116,9 @@ class SAULEditor:
                                          attention_mask=batch.attention_mask[chunk].to(device)).logits
                     s, n = token_kl_sums(logits, before, reg_labels)
                 reg_sum, reg_n = reg_sum + s, reg_n + int(n)
+                if repair:  # a repaired answer is learned from the database, not from the drifted model
+                    s, n = token_ce_sums(logits, batch.fix_labels[chunk].to(device))
+                    reg_sum, reg_n = reg_sum + s, reg_n + int(n)
             edit_loss = edit_sum / max(edit_n, 1)
             loss = edit_loss + (hparams.reg_weight * reg_sum / reg_n if reg_n else 0.0)
             return loss, float(edit_loss.detach())
@@ -136,11 +142,12 @@ class SAULEditor:
                     tensors = factor_tensors(lora_factors(peft_model))
         finally:
             model.train(was_training)
-        log.info("saul: %d requests, %d pool facts, %d steps, edit loss %.4f -> %.4f",
-                 len(requests), len(pool), len(losses), losses[0], losses[-1])
+        log.info("saul: %d requests, %d pool facts, %d repaired facts, %d steps, edit loss %.4f -> %.4f",
+                 len(requests), len(pool), len(repair), len(losses), losses[0], losses[-1])
         return EditResult(
             tensors=tensors,
             stats={"steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1], "pool_facts": len(pool),
+                   "repair_facts": len(repair),
                    "corpus_texts": len(corpus),
                    "seconds": time.perf_counter() - started},
         )

@@ -37,6 +37,11 @@ class SAULHParams:
     subject (its other relations), the facts an edit most easily drags along; with `near_relation`
     also a pool fact asked the way an edit is (the same relation of another subject).
 
+    `repair_share` (our addition): that share of the augmented rows is a fact of the context's repair
+    pool (facts the live model gets wrong that the base model or an earlier promoted edit had right),
+    its answer learned from the database value by CE in either `reg_loss` mode: drift that earlier
+    sequential edits left is undone instead of being kept as the reference.
+
     `reg_loss` (our addition): "ce" trains the regularised tokens towards their labels (the pool's
     answers, the corpus' words); "kl" towards the unedited model's whole next-token distribution at
     the same positions (KL(before || after)): margins and end-of-text probabilities are kept too,
@@ -62,6 +67,7 @@ class SAULHParams:
     near_share: float = 0.0
     near_relation: bool = False
     reg_loss: str = "ce"
+    repair_share: float = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -82,5 +88,7 @@ class SAULHParams:
             raise InvalidInput(f"saul: corpus_share must be in [0, 1], got {self.corpus_share}")
         if not 0.0 <= self.near_share <= 1.0 or self.corpus_share + self.near_share > 1.0:
             raise InvalidInput(f"saul: near_share must be in [0, 1 - corpus_share], got {self.near_share}")
+        if not 0.0 <= self.repair_share <= 1.0:
+            raise InvalidInput(f"saul: repair_share must be in [0, 1], got {self.repair_share}")
         if self.reg_weight < 0:
             raise InvalidInput(f"saul: reg_weight must be >= 0, got {self.reg_weight}")
