@@ -23,7 +23,7 @@ import re
 import secrets
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -101,6 +101,26 @@ def cmd_import_facts(args: argparse.Namespace, settings: Settings) -> int:
     few), summarised in the audit event, and kept in full as a verified blob in the store.
     """
     from infra import repository as repo
+    from infra.context import current_user
+
+    changed_by = args.source or current_user()
+    return _load_fact_file(args, settings, "import_facts", ("changes", "facts changed"),
+                           lambda session, facts: len(repo.upsert_facts(session, facts, changed_by=changed_by)))
+
+
+def cmd_seed_catalogue(args: argparse.Namespace, settings: Settings) -> int:
+    """Record the catalogue the base model was built on: facts rows only, no change-feed rows, so the
+    next refresh edits nothing for them. Same row checks as import; a fact that already exists
+    refuses the whole file (seeding is the starting state, a change goes through import-facts)."""
+    from infra import repository as repo
+
+    return _load_fact_file(args, settings, "seed_catalogue", ("facts_seeded", "facts seeded"),
+                           lambda session, facts: repo.seed_facts(session, facts))
+
+
+def _load_fact_file(args: argparse.Namespace, settings: Settings, action: str, counted: tuple[str, str],
+                    write: Callable[[Any, list[Any]], int]) -> int:
+    """Stream a facts file through `write` (one transaction); `counted`: (audit field, words) for its count."""
     from infra.audit import append_event
     from infra.context import current_user, service_context
     from infra.delta_store.base import sha256_hex
@@ -111,28 +131,28 @@ def cmd_import_facts(args: argparse.Namespace, settings: Settings) -> int:
     templates = templates_for(settings)
     chunks = iter_fact_chunks(Path(args.path), known_relations=templates.relations(), source=args.source)
     rejected = RejectionLog(id_field="line")
-    rows_ok = changed = 0
+    rows_ok = written = 0
     with service_context(settings) as ctx, ctx.db.session() as session:
         for chunk in chunks:
             for error in sorted(chunk.errors, key=lambda e: e.line):
                 if rejected.count < SHOWN_REJECTIONS:
                     console.print(f"[yellow]rejected[/] line {error.line}: {error.reason}")
                 rejected.add(error.line, error.reason, error.raw)
-            changed += len(repo.upsert_facts(session, chunk.facts, changed_by=args.source or current_user()))
+            written += write(session, chunk.facts)
             rows_ok += len(chunk.facts)
             session.expunge_all()  # flushed: the rows live in the open transaction, not in memory
-        payload = {"rows_ok": rows_ok, "rows_rejected": rejected.count, "changes": changed, **rejected.summary()}
+        payload = {"rows_ok": rows_ok, "rows_rejected": rejected.count, counted[0]: written, **rejected.summary()}
         if rejected.count:
             blob = rejected.full_list()
             key = f"imports/rejected-rows-{sha256_hex(blob)}.jsonl.gz"
             ctx.store.put_blob(key, blob)  # unreachable store: the transaction rolls back, nothing imported
             payload["rejected_rows"] = {"blob": key, "sha256": sha256_hex(blob), "rows": rejected.count}
-        append_event(session, current_user(), "import_facts", f"file:{Path(args.path).name}", payload)
+        append_event(session, current_user(), action, f"file:{Path(args.path).name}", payload)
     if rejected.count > SHOWN_REJECTIONS:
         console.print(f"[yellow]... and {rejected.count - SHOWN_REJECTIONS} more rejected rows[/] "
                       "(counted in the audit event; every one in the store blob it names)")
-    console.print(f"{rows_ok} rows read, {changed} facts changed, {rejected.count} rows rejected")
-    return 4 if rejected.count else 0  # any rejected row: the caller must look (the good rows are imported)
+    console.print(f"{rows_ok} rows read, {written} {counted[1]}, {rejected.count} rows rejected")
+    return 4 if rejected.count else 0  # any rejected row: the caller must look (the good rows are written)
 
 
 def cmd_refresh(args: argparse.Namespace, settings: Settings) -> int:
@@ -491,6 +511,10 @@ def _parser() -> argparse.ArgumentParser:
     p = add("import-facts", cmd_import_facts, "import facts from CSV or JSONL into the facts table")
     p.add_argument("path")
     p.add_argument("--source", default=None, help="who changed them (recorded in the change feed)")
+    p = add("seed-catalogue", cmd_seed_catalogue,
+            "record the catalogue the base model was built on (no change feed: nothing to edit)")
+    p.add_argument("path")
+    p.add_argument("--source", default=None, help="where the facts come from (kept on each fact)")
     p = add("refresh", cmd_refresh, "run one catalogue refresh (ends awaiting approval)")
     p.add_argument("--model", default=None)
     p.add_argument("--editor", default=None)

@@ -365,6 +365,9 @@ def _drop_conflicts(parsed: list[_Parsed]) -> tuple[list[Fact], list[RowError]]:
 def load_templates(path: Path) -> RelationTemplates:
     """Load relation templates from a YAML (``.yaml``/``.yml``) or JSON file, strictly.
 
+    The file maps each relation to its ``prompt``, ``paraphrases`` and optional ``answer_format``,
+    either at the top level or under a top-level ``relations:`` key (the demo's file).
+
     Raises:
         NotFound: the file does not exist.
         InvalidInput: naming the file and the relation, when a template lacks ``{subject}``, uses
@@ -385,8 +388,13 @@ def load_templates(path: Path) -> RelationTemplates:
             )
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("relations"), dict):
-        raise InvalidInput(f"{path}: expected a mapping with a 'relations' mapping at the top")
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: expected a mapping of relation name -> prompt, paraphrases "
+                           "(optionally under a top-level 'relations' key)")
+    if "relations" not in data:  # the plain form: relations at the top
+        data = {"relations": data}
+    if not isinstance(data["relations"], dict):
+        raise InvalidInput(f"{path}: 'relations' must be a mapping of relation name -> prompt, paraphrases")
     extra = sorted(set(data) - {"relations"})
     if extra:
         raise InvalidInput(

@@ -209,3 +209,44 @@ def test_import_facts_streams_keeps_every_refused_row_and_is_all_or_nothing(
     assert main(["--quiet", "import-facts", str(facts_file)]) == 4  # a second import changes nothing
     with service_context(Settings.load()) as ctx, ctx.db.session() as session:
         assert len(repo.changes_since(session, 0, None)) == 30
+
+
+def test_seed_catalogue_records_the_base_catalogue_without_feed_rows(tmp_path: Path, db_url: str, monkeypatch,
+                                                                      capsys) -> None:  # noqa: ANN001
+    """Seeding writes facts, never change rows (nothing for a refresh to edit); the same row checks
+    as import (exit 4, refused rows listed); a fact already there refuses the whole file; a change
+    imported afterwards is a change against the seeded value."""
+    from flows.cli import main
+    from infra import repository as repo
+    from infra.audit import list_events
+    from infra.context import service_context
+    from infra.settings import Settings
+
+    monkeypatch.setenv("KUS_HOME", str(tmp_path))
+    monkeypatch.setenv("KUS_DATABASE_URL", db_url)
+    rows = ["subject,relation,object"] + [f"Gadget {i},price,${i}" for i in range(20)] + ["Gadget 99,energy_label,A"]
+    seed = tmp_path / "catalogue.csv"
+    seed.write_text("\n".join(rows) + "\n")
+    capsys.readouterr()
+    assert main(["--quiet", "seed-catalogue", str(seed)]) == 4
+    out = " ".join(capsys.readouterr().out.split())
+    assert "20 rows read, 20 facts seeded, 1 rows rejected" in out and "line 22" in out
+    with service_context(Settings.load()) as ctx, ctx.db.session() as session:
+        assert len(repo.load_facts(session)) == 20
+        assert repo.changes_since(session, 0, None) == []  # nothing for a refresh to edit
+        assert repo.ledger(session) == []
+        event = [e for e in list_events(session) if e.action == "seed_catalogue"][-1]
+        assert event.payload["facts_seeded"] == 20 and event.payload["rows_rejected"] == 1
+
+    again = tmp_path / "again.csv"
+    again.write_text("subject,relation,object\nGadget 500,price,$5\nGadget 3,price,$300\n")
+    assert main(["--quiet", "seed-catalogue", str(again)]) != 0  # Gadget 3 exists: all or nothing
+    with service_context(Settings.load()) as ctx, ctx.db.session() as session:
+        assert len(repo.load_facts(session)) == 20
+
+    change = tmp_path / "change.csv"
+    change.write_text("subject,relation,object\nGadget 3,price,$300\n")
+    assert main(["--quiet", "import-facts", str(change)]) == 0
+    with service_context(Settings.load()) as ctx, ctx.db.session() as session:
+        [entry] = repo.ledger(session)
+        assert (entry.subject, entry.value, entry.base) == ("Gadget 3", "$300", "$3")

@@ -157,6 +157,10 @@ def test_load_templates_yaml_and_json(tmp_path: Path) -> None:
     price = {"prompt": "The price of {subject} is", "paraphrases": ["{subject} costs"]}
     as_json = {"relations": {"price": price}}
     assert load_templates(_write(tmp_path, "t.json", json.dumps(as_json))).relations() == ["price"]
+    # the plain form, relations at the top (as README documents it), loads the same templates
+    plain = "\n".join(line[2:] for line in GOOD_YAML.strip().splitlines()[1:]) + "\n"
+    assert load_templates(_write(tmp_path, "plain.yaml", plain)) == templates
+    assert load_templates(_write(tmp_path, "plain.json", json.dumps({"price": price}))).relations() == ["price"]
 
 
 @pytest.mark.parametrize(
@@ -182,8 +186,12 @@ def test_bad_templates_name_file_and_relation(tmp_path: Path, spec: dict, messag
 def test_bad_template_files(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="not valid YAML"):
         load_templates(_write(tmp_path, "a.yaml", "relations: [unclosed\n"))
-    with pytest.raises(InvalidInput, match="'relations' mapping"):
+    with pytest.raises(InvalidInput, match="relation 'price'"):
         load_templates(_write(tmp_path, "b.yaml", "price: {}\n"))
+    with pytest.raises(InvalidInput, match="mapping of relation name"):
+        load_templates(_write(tmp_path, "e.yaml", "- price\n"))
+    with pytest.raises(InvalidInput, match="'relations' must be a mapping"):
+        load_templates(_write(tmp_path, "f.yaml", "relations: [price]\n"))
     with pytest.raises(InvalidInput, match=r"unknown top-level key\(s\) version"):
         load_templates(_write(tmp_path, "c.yaml", GOOD_YAML + "version: 2\n"))
     with pytest.raises(InvalidInput, match="no relations"):
