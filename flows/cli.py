@@ -303,6 +303,46 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    """Is this service ready to edit this model? How much of the catalogue the base model knows (per
+    relation, on the agreement sample), and settings a non-demo model must not leave to the demo's.
+    Exit 0 when ready, 5 with the reasons when not."""
+    from infra import repository as repo
+    from infra.context import service_context
+    from tasks.catalogue_inputs import templates_for
+    from tasks.evaluate import base_answers
+    from tasks.live_model import load_live_model
+    from validation.agreement import base_readiness
+    from validation.sets import build_agreement_set
+
+    templates = templates_for(settings)
+    with service_context(settings) as ctx:
+        with ctx.db.session() as session:
+            facts, ledger = repo.accepted_facts(session), repo.ledger(session)
+        agreement = build_agreement_set(facts, ledger, templates, sample_size=args.sample or settings.agreement_sample)
+        live = load_live_model(ctx, args.model)
+        readiness = base_readiness(agreement, base_answers(ctx, live, agreement))
+    table = Table("relation", "sampled", "base model right", "share", title=f"does base model {settings.model_name} "
+                  f"({settings.model_path}) know the catalogue?")
+    for relation, (right, n) in readiness.by_relation.items():
+        table.add_row(relation, str(n), str(right), _share(right / n if n else None))
+    table.add_row("all", str(readiness.n), str(sum(right for right, _ in readiness.by_relation.values())),
+                  _share(readiness.share if readiness.n else None))
+    console.print(table)
+    problems = readiness.warnings()
+    if settings.model_path.resolve() != (settings.home / "models" / "demo").resolve():
+        for value, name, what in ((settings.templates_path, "KUS_TEMPLATES", "relation templates"),
+                                  (settings.heldout_text_path, "KUS_HELDOUT_TEXT", "held-out text for perplexity drift"),
+                                  (settings.stats_corpus_path, "KUS_STATS_CORPUS", "generic text for statistics and regularisers")):
+            if value is None:
+                problems.append(f"{name} is not set: your model is not the demo's, but its {what} would be the demo's")
+    for problem in problems:
+        console.print(f"[yellow]not ready:[/] {problem}")
+    if not problems:
+        console.print(f"ready: the base model knows {readiness.share:.0%} of {readiness.n} sampled catalogue facts")
+    return 5 if problems else 0
+
+
 def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     from infra.context import service_context
     from tasks.live_model import load_live_model
@@ -515,6 +555,9 @@ def _parser() -> argparse.ArgumentParser:
             "record the catalogue the base model was built on (no change feed: nothing to edit)")
     p.add_argument("path")
     p.add_argument("--source", default=None, help="where the facts come from (kept on each fact)")
+    p = add("doctor", cmd_doctor, "readiness: how much of the catalogue the base model knows, settings left to the demo's")
+    p.add_argument("--model", default=None)
+    p.add_argument("--sample", type=int, default=None, help="unchanged facts to sample (default KUS_AGREEMENT_SAMPLE)")
     p = add("refresh", cmd_refresh, "run one catalogue refresh (ends awaiting approval)")
     p.add_argument("--model", default=None)
     p.add_argument("--editor", default=None)

@@ -20,7 +20,8 @@ from infra.errors import InvalidState
 from tasks.live_model import BASIS_BASE, LiveModel, fetch_delta, load_live_model
 from tasks.run_lease import keep_lease
 from tasks.run_artifacts import load_sets, put_json
-from validation.agreement import AgreementAnswers, agreement_answers, agreement_report, agreement_rows
+from validation.agreement import (AgreementAnswers, agreement_answers, agreement_report, agreement_rows,
+                                  base_readiness)
 from validation.evaluate import efficacy_by_relation, evaluate, retention_table
 from validation.sets import AgreementSet
 
@@ -63,6 +64,9 @@ def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
     sets = load_sets(ctx, run_id)
     live = load_live_model(ctx, run.model_name, head=sets.head)
     base = base_answers(ctx, live, sets.agreement)
+    readiness = base_readiness(sets.agreement, base)
+    for warning in readiness.warnings():
+        log.warning("run %s: %s", run_id, warning)
     before = evaluate(live.model, live.tokenizer, sets.targets, sets.regression)
     agree_before = agreement_report(sets.agreement, agreement_answers(live.model, live.tokenizer, sets.agreement), base)
     delta = fetch_delta(ctx, run.delta_sha)
@@ -90,12 +94,14 @@ def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
         repo.update_run(session, run_id, metrics={
             **summaries, "table": records, "agreement": json_safe(agreement),
             "efficacy_by_relation": json_safe(by_relation), "mode": sets.mode, "plan": list(sets.plan),
+            "base_readiness": {**readiness.to_json(), "warnings": readiness.warnings()},
         })
         append_event(session, run.started_by, "evaluate", f"run:{run_id}", {
             "delta": run.delta_sha, **summaries,
             "agreement_after": json_safe({"changed": agree_after.changed, "unchanged": agree_after.unchanged,
                                           "unchanged_kept": agree_after.unchanged_kept}),
             "not_written_by_relation": not_written,
+            "base_knows": json_safe(readiness.share), "readiness_warnings": readiness.warnings(),
         })
     log.info("run %s evaluated: agreement on changed facts %.3f -> %.3f, unchanged %.3f -> %.3f; not written: %s",
              run_id, agree_before.changed, agree_after.changed, agree_before.unchanged, agree_after.unchanged,

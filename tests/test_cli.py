@@ -250,3 +250,44 @@ def test_seed_catalogue_records_the_base_catalogue_without_feed_rows(tmp_path: P
     with service_context(Settings.load()) as ctx, ctx.db.session() as session:
         [entry] = repo.ledger(session)
         assert (entry.subject, entry.value, entry.base) == ("Gadget 3", "$300", "$3")
+
+
+def test_doctor_says_how_much_of_the_catalogue_the_base_model_knows(tmp_path: Path, tiny_world, monkeypatch,
+                                                                    capsys) -> None:  # noqa: ANN001
+    """Ready (exit 0) for the catalogue the model was built on with the user's own files configured;
+    not ready (exit 5, with the reason) for a catalogue it never saw, or with a non-demo model left
+    on the demo's templates, held-out text and statistics corpus."""
+    from flows.cli import main
+    from infra import repository as repo
+    from infra.context import service_context
+    from infra.demo.catalogue import demo_templates_path, generate_catalogue
+    from infra.settings import Settings
+
+    facts, _templates, report = tiny_world
+    text = tmp_path / "text.txt"
+    text.write_text("A plain sentence about kitchens.\nAnother one about lamps.\n")
+
+    def home(name: str, catalogue: list) -> None:  # noqa: ANN001
+        monkeypatch.setenv("KUS_HOME", str(tmp_path / name))
+        monkeypatch.setenv("KUS_BASE_MODEL", str(report.path))
+        with service_context(Settings.load()) as ctx, ctx.db.session() as session:
+            repo.seed_facts(session, catalogue)
+
+    home("unconfigured", facts)
+    capsys.readouterr()
+    assert main(["--quiet", "doctor"]) == 5
+    out = " ".join(capsys.readouterr().out.split())
+    assert "KUS_TEMPLATES is not set" in out and "KUS_HELDOUT_TEXT is not set" in out
+
+    monkeypatch.setenv("KUS_TEMPLATES", str(demo_templates_path()))
+    monkeypatch.setenv("KUS_HELDOUT_TEXT", str(text))
+    monkeypatch.setenv("KUS_STATS_CORPUS", str(text))
+    home("known", facts)
+    assert main(["--quiet", "doctor"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "ready: the base model knows" in out and "price" in out
+
+    home("unknown", generate_catalogue(n_products=30, seed=7))  # products the tiny model never saw
+    assert main(["--quiet", "doctor"]) == 5
+    out = " ".join(capsys.readouterr().out.split())
+    assert "not ready: the base model answers only" in out

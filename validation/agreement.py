@@ -100,6 +100,52 @@ def agreement_report(agreement: AgreementSet, answers: AgreementAnswers, base: A
     )
 
 
+#: Below this share of the unchanged catalogue answered right by the base model, the retention checks
+#: measure churn among wrong answers rather than knowledge kept.
+READY_MIN = 0.5
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """How much of the catalogue (the unchanged sample of an agreement set) the base model knows."""
+
+    share: float
+    n: int
+    #: relation -> (facts the base answers right, facts sampled)
+    by_relation: dict[str, tuple[int, int]]
+
+    def warnings(self) -> list[str]:
+        if not self.n:
+            return ["no unchanged catalogue facts to check: seed the catalogue the base model was built on "
+                    "(kus seed-catalogue)"]
+        out = []
+        if self.share < READY_MIN:
+            out.append(f"the base model answers only {self.share:.0%} of {self.n} sampled catalogue facts with "
+                       "their database value: neighbourhood, unrelated and unchanged-kept checks would measure "
+                       "churn among wrong answers, not knowledge kept")
+        weak = [r for r, (right, n) in self.by_relation.items() if n and right / n < READY_MIN]
+        if weak and self.share >= READY_MIN:
+            out.append(f"the base model knows less than {READY_MIN:.0%} of relation(s) {', '.join(weak)}")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"share": None if math.isnan(self.share) else self.share, "n": self.n,
+                "by_relation": {r: {"right": right, "n": n} for r, (right, n) in self.by_relation.items()}}
+
+
+def base_readiness(agreement: AgreementSet, base: AgreementAnswers) -> Readiness:
+    """Share of the unchanged sample that the base model (`base`: its answers) says as the database does."""
+    by_relation: dict[str, list[int]] = {}
+    for answer, (_, value, relation) in zip(base.unchanged, agreement.unchanged):
+        counts = by_relation.setdefault(relation, [0, 0])
+        counts[0] += answer == value
+        counts[1] += 1
+    right = sum(c[0] for c in by_relation.values())
+    n = sum(c[1] for c in by_relation.values())
+    return Readiness(share=right / n if n else math.nan, n=n,
+                     by_relation={r: (c[0], c[1]) for r, c in sorted(by_relation.items())})
+
+
 def agreement_rows(before: AgreementReport, after: AgreementReport) -> list[tuple[str, float, float, float]]:
     """Retention-table rows (metric, before, after, after - before) for the agreement metrics."""
     pairs = ((before.changed, after.changed), (before.unchanged, after.unchanged),
