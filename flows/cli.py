@@ -232,6 +232,18 @@ def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_close(args: argparse.Namespace, settings: Settings) -> int:
+    """Close a run stuck in ingested/edited/validated (its process is gone) on the record."""
+    from infra.context import current_user, service_context
+    from tasks.run_lease import close_run
+
+    actor = current_user()
+    with service_context(settings) as ctx:
+        close_run(ctx, args.run, actor, args.reason, force=args.force)
+    console.print(f"run {args.run} closed by {actor} (failed: {args.reason}); its changes stay outstanding")
+    return 0
+
+
 def cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
     """Take a change out of the fact ledger on the record (a configured reviewer's decision)."""
     from infra import repository as repo
@@ -555,6 +567,10 @@ def _parser() -> argparse.ArgumentParser:
             "record the catalogue the base model was built on (no change feed: nothing to edit)")
     p.add_argument("path")
     p.add_argument("--source", default=None, help="where the facts come from (kept on each fact)")
+    p = add("close", cmd_close, "close a run stuck while working (its process was killed), on the record")
+    p.add_argument("run", type=int)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--force", action="store_true", help="close it even though its lease has not expired yet")
     p = add("doctor", cmd_doctor, "readiness: how much of the catalogue the base model knows, settings left to the demo's")
     p.add_argument("--model", default=None)
     p.add_argument("--sample", type=int, default=None, help="unchanged facts to sample (default KUS_AGREEMENT_SAMPLE)")

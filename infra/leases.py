@@ -63,6 +63,14 @@ def acquire(session: Session, model_name: str, holder: str, ttl: timedelta) -> L
     return Lease(model_name, holder, row.expires_at, None)
 
 
+def holder_of(session: Session, model_name: str, run_id: int) -> Lease | None:
+    """The live lease `run_id` holds on `model_name`, if any (None: expired, released or another run's)."""
+    row = session.get(RefreshLeaseRow, model_name)
+    if row is None or row.run_id != run_id or not _live(session, row, utcnow()):
+        return None
+    return Lease(row.model_name, row.holder, utc(row.expires_at), row.run_id)
+
+
 def bind(session: Session, model_name: str, run_id: int) -> None:
     """Tie the lease to the run the refresh opened."""
     session.execute(sa.update(RefreshLeaseRow).where(RefreshLeaseRow.model_name == model_name).values(run_id=run_id))

@@ -87,3 +87,33 @@ def test_a_run_file_changed_in_the_store_is_refused(db_url: str, tmp_path: Path)
         ctx.store.put_blob(key, json.dumps(forged, sort_keys=True).encode())
         with pytest.raises(IntegrityMismatch, match="changed after the run wrote it"):
             compute_delta(ctx, run_id)
+
+
+def test_a_stuck_run_is_closed_on_the_record_and_its_changes_are_redone(db_url: str, tmp_path: Path) -> None:
+    """`kus close`: refused for someone who neither started the run nor reviews, and while the run's
+    lease is live unless forced; then the run is failed with the reason, the lease is free at once,
+    the closing is audited and the next refresh carries the run's change."""
+    from infra.audit import list_events
+    from infra.errors import PermissionDenied
+    from tasks.run_lease import close_run
+
+    facts = generate_catalogue(n_products=5)
+    with service_context(_settings(db_url, tmp_path, reviewers=("rita",))) as ctx:
+        with ctx.db.session() as session:
+            repo.seed_facts(session, facts)
+        _change(ctx, facts, 0, "$1")
+        stuck = ingest_changes(ctx, "demo", "saul", "worker-1")  # its process was killed after ingest
+        with pytest.raises(PermissionDenied):
+            close_run(ctx, stuck.run_id, "mallory", "cleanup")
+        with pytest.raises(InvalidState, match="still holds its refresh lease"):
+            close_run(ctx, stuck.run_id, "worker-1", "killed by the OOM killer")
+        close_run(ctx, stuck.run_id, "rita", "killed by the OOM killer", force=True)
+        with pytest.raises(InvalidState, match="only a run still working"):
+            close_run(ctx, stuck.run_id, "rita", "again")
+        with ctx.db.session() as session:
+            closed = repo.get_run(session, stuck.run_id)
+            event = [e for e in list_events(session) if e.action == "run_closed"][-1]
+        assert closed.status == "failed" and closed.error == "closed by rita: killed by the OOM killer"
+        assert event.payload["forced"] is True and event.actor == "rita"
+        again = ingest_changes(ctx, "demo", "saul", "worker-2")  # no lease to wait for
+        assert again.run_id != stuck.run_id and again.outstanding == 1
