@@ -311,7 +311,8 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     from infra.context import current_user
 
     target = rollback(args.model or settings.model_name, current_user(), args.reason, args.to)
-    console.print(f"rolled back: model head is now {target[:12] if target else 'the base model'}")
+    console.print(f"rolled back by {current_user()} (signed): model head is now {target[:12] if target else 'the base model'}; "
+                  "the facts the undone deltas wrote are outstanding again and the next refresh edits them")
     return 0
 
 

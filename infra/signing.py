@@ -64,6 +64,13 @@ def approval_payload(*, run_id: int, delta_sha: str | None, reviewer: str, decis
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
+def rollback_payload(*, model: str, from_sha: str, to_sha: str | None, reviewer: str, reason: str, at: str) -> bytes:
+    """The bytes a rollback's signature covers."""
+    fields: dict[str, Any] = {"kind": "kus-rollback/v1", "model": model, "from_sha256": from_sha, "to_sha256": to_sha,
+                              "reviewer": reviewer, "reason": reason, "at": at}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
 def sign(private: Ed25519PrivateKey, payload: bytes) -> str:
     return base64.b64encode(private.sign(payload)).decode()
 

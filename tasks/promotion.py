@@ -17,11 +17,27 @@ from infra.audit import append_event
 from infra.context import ServiceContext
 from infra.errors import ApprovalRequired, InvalidInput, InvalidState, NotFound, PermissionDenied
 from infra.signing import (approval_payload, load_private_key, public_key_of, read_reviewer_keys, require_key_file,
-                           sign, verify)
+                           rollback_payload, sign, verify)
 from infra.db.models import utcnow
 from tasks.live_model import fetch_delta
 
 log = logging.getLogger(__name__)
+
+
+def reviewer_signing_key(ctx: ServiceContext, reviewer: str,
+                         signing_key: Ed25519PrivateKey | Path | None = None) -> Ed25519PrivateKey:
+    """`reviewer`'s private key, checked: a configured reviewer whose registered public key it matches
+    (default key: KUS_SIGNING_KEY). Naming someone else gets nowhere without their private key."""
+    if reviewer not in ctx.settings.reviewers:
+        raise PermissionDenied(f"{reviewer!r} is not a configured reviewer (reviewers: {', '.join(ctx.settings.reviewers)})")
+    keys = read_reviewer_keys(ctx.settings.reviewer_keys_file)
+    if reviewer not in keys:
+        raise PermissionDenied(f"{reviewer!r} has no registered public key in {ctx.settings.reviewer_keys_file}")
+    private = signing_key if isinstance(signing_key, Ed25519PrivateKey) else load_private_key(
+        require_key_file(signing_key or ctx.settings.signing_key_path))
+    if public_key_of(private) != keys[reviewer]:
+        raise PermissionDenied(f"the signing key is not {reviewer!r}'s registered key; a decision is signed by its reviewer")
+    return private
 
 
 def record_decision(
@@ -39,15 +55,7 @@ def record_decision(
         raise InvalidInput(f"decision must be 'approved' or 'rejected', got {decision!r}")
     if not reason.strip():
         raise InvalidInput("a decision needs a reason")
-    if reviewer not in ctx.settings.reviewers:
-        raise PermissionDenied(f"{reviewer!r} is not a configured reviewer (reviewers: {', '.join(ctx.settings.reviewers)})")
-    keys = read_reviewer_keys(ctx.settings.reviewer_keys_file)
-    if reviewer not in keys:
-        raise PermissionDenied(f"{reviewer!r} has no registered public key in {ctx.settings.reviewer_keys_file}")
-    private = signing_key if isinstance(signing_key, Ed25519PrivateKey) else load_private_key(
-        require_key_file(signing_key or ctx.settings.signing_key_path))
-    if public_key_of(private) != keys[reviewer]:
-        raise PermissionDenied(f"the signing key is not {reviewer!r}'s registered key; a decision is signed by its reviewer")
+    private = reviewer_signing_key(ctx, reviewer, signing_key)
     with ctx.db.session() as session:
         run = repo.get_run(session, run_id)
         earlier = [a for a in repo.approvals_for(session, run_id) if a.decision == "approved"]
@@ -126,10 +134,20 @@ def promote_run(ctx: ServiceContext, run_id: int, actor: str) -> str:
     return run.delta_sha
 
 
-def rollback_model(ctx: ServiceContext, model_name: str, actor: str, reason: str, to: str | None = "previous") -> str | None:
-    """Move the head back to an earlier delta of its chain ('previous' = the head's parent, None = base)."""
+def rollback_model(ctx: ServiceContext, model_name: str, actor: str, reason: str, to: str | None = "previous",
+                   signing_key: Ed25519PrivateKey | Path | None = None) -> str | None:
+    """Move the head back to an earlier delta of its chain ('previous' = the head's parent, None = base).
+
+    A rollback is a reviewer's decision like an approval: `actor` must be a configured reviewer and
+    signs it (model, from, to, reason, time) with their registered key; the signature is in the audit
+    event. The undone facts become outstanding again: the next refresh edits them anew."""
     if not reason.strip():
         raise InvalidInput("a rollback needs a reason")
+    with ctx.db.session() as session:
+        current = repo.get_head(session, model_name)
+        if current is None:
+            raise InvalidState(f"model {model_name} has no promoted delta to roll back")
+    private = reviewer_signing_key(ctx, actor, signing_key)
     with ctx.db.session() as session:
         current = repo.get_head(session, model_name)
         if current is None:
@@ -150,7 +168,12 @@ def rollback_model(ctx: ServiceContext, model_name: str, actor: str, reason: str
         for run in repo.list_runs(session, model_name, limit=1000):
             if run.status == "promoted" and run.delta_sha in undone:
                 repo.update_run(session, run.id, status="rolled_back")
+        undone_facts = sum(len(d.manifest.get("facts", [])) for d in chain if d.sha256 in undone)
+        payload = rollback_payload(model=model_name, from_sha=current, to_sha=target, reviewer=actor, reason=reason,
+                                   at=utcnow().isoformat())
         append_event(session, actor, "rollback", f"model:{model_name}",
-                     {"from": current, "to": target, "undone": undone, "reason": reason})
+                     {"from": current, "to": target, "undone": undone, "reason": reason,
+                      "facts_outstanding_again": undone_facts, "signed_payload": payload.decode(),
+                      "signature": sign(private, payload)})
     log.info("model %s: rolled back from %s to %s", model_name, current[:12], target[:12] if target else "base")
     return target

@@ -149,8 +149,12 @@ def test_refresh_approve_promote_rollback(service: Settings, tiny_world, capsys)
     retention = sum(still) / len(still)
     assert retention >= 0.8, f"unchanged facts the base knew retained only {retention:.0%} ({len(still)} known)"
 
+    # rollback is a reviewer's signed decision: the catalogue bot may not, a reviewer may
+    assert cli(["rollback", "--reason", "test rollback"]) == 1
+    with service_context(service) as ctx:
+        assert load_live_model(ctx).head is not None
     # rollback: the live model is the base model again, bit for bit
-    assert cli(["rollback", "--reason", "test rollback"]) == 0
+    assert cli_as("bob", ["rollback", "--reason", "test rollback"]) == 0
     base, _ = load_model(report.path)
     with service_context(service) as ctx:
         live = load_live_model(ctx)
@@ -166,6 +170,14 @@ def test_refresh_approve_promote_rollback(service: Settings, tiny_world, capsys)
     for action in ("ingest", "build_sets", "edit", "evaluate", "validate", "approval_requested", "approved",
                    "promote", "rollback"):
         assert action in actions
+    with service_context(service) as ctx, ctx.db.session() as session:
+        rolled = [e for e in repo_events(session) if e.action == "rollback"][-1]
+        written = len(repo.get_delta(session, repo.get_run(session, run_id).delta_sha).manifest["facts"])
+    from infra.signing import read_reviewer_keys, verify
+
+    assert rolled.actor == "bob" and rolled.payload["facts_outstanding_again"] == written > 0
+    assert verify(read_reviewer_keys(service.reviewer_keys_file)["bob"], rolled.payload["signed_payload"].encode(),
+                  rolled.payload["signature"])
     _tamper_with_audit(service)
     assert cli(["audit", "verify"]) == 3
     assert "BROKEN" in capsys.readouterr().out
@@ -262,7 +274,7 @@ def test_editor_state_follows_the_promoted_chain_and_rolls_back_with_it(service:
     assert keys2.size(1) == keys1.size(1) + facts2
     assert torch.equal(keys2[:, : keys1.size(1)], keys1)  # the first's keys, then the second's
 
-    assert cli(["rollback", "--reason", "undo the second refresh"]) == 0
+    assert cli_as("alice", ["rollback", "--reason", "undo the second refresh"]) == 0
     third = refresh(seed=2, approve=False)
     parent3, keys3, facts3 = _carried_keys(service, third)
     assert parent3 == first  # built on the head it rolled back to
@@ -311,7 +323,7 @@ def test_cumulative_refreshes_edit_the_base_over_the_whole_ledger(service: Setti
     assert len(delta.manifest["facts"]) + len(delta.manifest["unwritten"]) == len(ledger_now)
     agreement = run.metrics["agreement"]
     assert agreement["after"]["n_changed"] >= len(batch2) and 0.0 <= agreement["after"]["changed"] <= 1.0
-    assert cli(["rollback", "--reason", "back to the first"]) == 0
+    assert cli_as("alice", ["rollback", "--reason", "back to the first"]) == 0
     with service_context(service) as ctx:
         assert [d.id for d in load_live_model(ctx).chain] == [first]
 
