@@ -172,6 +172,8 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
         runs = repo.list_runs(session, args.model, limit=args.limit)
     table = Table("run", "model", "editor", "mode", "status", "feed", "agree changed", "agree unchanged",
                   "started by", "started at", "delta")
+    for column in table.columns:  # a narrow terminal wraps a value; it never cuts one off with "..."
+        column.overflow = "fold"
     for run in runs:
         metrics = run.metrics or {}
         after = (metrics.get("agreement") or {}).get("after") or {}
@@ -207,6 +209,11 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     for approval in approvals:
         console.print(f"{approval.decision} by {approval.reviewer} at {approval.at:%Y-%m-%d %H:%M}: {_clip(approval.reason, 500)}")
     return 0
+
+
+def _one_line(text: str) -> str:
+    """An answer on one line: newlines, tabs and other control characters shown escaped (\\n), not acted on."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode() for ch in text)
 
 
 def _clip(text: str, limit: int = 200) -> str:
@@ -365,7 +372,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
         live = load_live_model(ctx, args.model)
     answers = greedy_answers(live.model, live.tokenizer, args.prompts, max_new_tokens=args.max_new_tokens)
     for prompt, answer in zip(args.prompts, answers):
-        print(f"{prompt} -> {answer}")
+        print(f"{prompt} -> {_one_line(answer)}")
     return 0
 
 

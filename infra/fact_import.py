@@ -333,6 +333,10 @@ def _to_fact(values: dict[str, Any], known: set[str] | None, source: str) -> tup
     return fact, None
 
 
+def _valid_from(fact: Fact) -> str:
+    return f" valid from {fact.valid_from.date().isoformat()}" if fact.valid_from is not None else ""
+
+
 def _drop_conflicts(parsed: list[_Parsed]) -> tuple[list[Fact], list[RowError]]:
     """Refuse every row of a (subject, relation) the file gives different objects; keep the first
     of identical repeats."""
@@ -345,12 +349,14 @@ def _drop_conflicts(parsed: list[_Parsed]) -> tuple[list[Fact], list[RowError]]:
         group = by_key[(item.fact.subject, item.fact.relation)]
         objects = {g.fact.object for g in group}
         if len(objects) > 1:
-            others = ", ".join(f"line {g.line} says {g.fact.object!r}" for g in group if g is not item)
+            others = ", ".join(f"line {g.line} says {g.fact.object!r}{_valid_from(g.fact)}" for g in group if g is not item)
+            dated = " (one value per fact and file: import dated values as separate files, oldest first)" \
+                if any(g.fact.valid_from is not None for g in group) else ""
             errors.append(
                 RowError(
                     item.line,
-                    f"conflict: {item.fact.subject!r} {item.fact.relation} is {item.fact.object!r} here "
-                    f"but {others}; all these rows are refused",
+                    f"conflict: {item.fact.subject!r} {item.fact.relation} is {item.fact.object!r}"
+                    f"{_valid_from(item.fact)} here but {others}; all these rows are refused{dated}",
                     item.raw,
                 )
             )

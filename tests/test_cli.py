@@ -291,3 +291,20 @@ def test_doctor_says_how_much_of_the_catalogue_the_base_model_knows(tmp_path: Pa
     assert main(["--quiet", "doctor"]) == 5
     out = " ".join(capsys.readouterr().out.split())
     assert "not ready: the base model answers only" in out
+
+
+def test_answers_print_on_one_line_and_runs_never_cut_values(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    from flows.cli import _one_line, main
+    from infra import repository as repo
+    from infra.context import service_context
+    from infra.settings import Settings
+
+    assert _one_line("Acme\nSee also:\tB \x1b[31m é") == "Acme\\nSee also:\\tB \\x1b[31m é"
+    monkeypatch.setenv("KUS_HOME", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "60")
+    with service_context(Settings.load()) as ctx, ctx.db.session() as session:
+        repo.create_run(session, "demo", "alphaedit,saul", "catalogue-scheduler-nightly", 0, 12345)
+    capsys.readouterr()
+    assert main(["--quiet", "runs"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and "..." not in out

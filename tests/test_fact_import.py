@@ -135,6 +135,16 @@ def test_conflicting_rows_are_all_refused_and_repeats_kept_once(tmp_path: Path) 
     )
 
 
+def test_conflicting_dated_rows_name_their_dates(tmp_path: Path) -> None:
+    path = _write(tmp_path, "dated.csv", "subject,relation,object,valid_from\n"
+                  "X1,price,$1,2026-01-01\nX1,price,$9,2026-03-01\n")
+    result = read_facts(path, known_relations=KNOWN)
+    assert result.facts == []
+    assert result.errors[0].reason.startswith(
+        "conflict: 'X1' price is '$1' valid from 2026-01-01 here but line 3 says '$9' valid from 2026-03-01; "
+        "all these rows are refused (one value per fact and file")
+
+
 GOOD_YAML = """
 relations:
   price:
