@@ -205,7 +205,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     if run.metrics and run.metrics.get("agreement"):
         print_agreement(run.metrics)
     if run.validation:
-        print_validation(run.validation)
+        print_validation(run.validation, run.metrics)
     for approval in approvals:
         console.print(f"{approval.decision} by {approval.reviewer} at {approval.at:%Y-%m-%d %H:%M}: {_clip(approval.reason, 500)}")
     return 0
@@ -499,11 +499,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 # ------------------------------------------------------------------------------------ printing
 
 
-def print_validation(validation: dict[str, Any]) -> None:
-    table = Table("metric", "observed", "threshold", "result", title="retention validation (Great Expectations)")
+def print_validation(validation: dict[str, Any], metrics: dict[str, Any] | None = None) -> None:
+    """The GX checks; with the run's metrics, each metric's value before the edit beside it."""
+    before = {row["metric"]: row.get("before") for row in (metrics or {}).get("table", [])}
+    table = Table("metric", "before", "after", "threshold", "result", title="retention validation (Great Expectations)")
     for check in validation.get("checks", []):
         bound = f"{'>=' if check['kind'] == 'min' else '<='} {check['threshold']:.3f}"
-        table.add_row(check["metric"], _share(check["observed"]), bound,
+        table.add_row(check["metric"], _share(before.get(check["metric"])), _share(check["observed"]), bound,
                       "[green]pass[/]" if check["success"] else "[red]FAIL[/]")
     console.print(table)
 

@@ -203,7 +203,7 @@ def show_outcome(settings: Settings, console: Console, run_id: int) -> None:
     if run.metrics and run.metrics.get("agreement"):
         print_agreement(run.metrics)
     if run.validation:
-        print_validation(run.validation)
+        print_validation(run.validation, run.metrics)
     print_audit(events[-12:])
     if chain.ok:
         console.print(f"[green]audit chain verified[/]: {chain.events_checked} events, hash chain intact")

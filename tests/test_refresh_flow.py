@@ -149,6 +149,15 @@ def test_refresh_approve_promote_rollback(service: Settings, tiny_world, capsys)
     retention = sum(still) / len(still)
     assert retention >= 0.8, f"unchanged facts the base knew retained only {retention:.0%} ({len(still)} known)"
 
+    # `kus show` gives each checked metric before and after the edit, and the base model's readiness is on record
+    capsys.readouterr()
+    assert cli(["show", str(run_id)]) == 0
+    shown = capsys.readouterr().out
+    assert "before" in shown and "after" in shown and "efficacy_gen" in shown
+    with service_context(service) as ctx, ctx.db.session() as session:
+        readiness = repo.get_run(session, run_id).metrics["base_readiness"]
+    assert readiness["share"] >= 0.9 and readiness["warnings"] == []  # the tiny model knows its catalogue
+
     # rollback is a reviewer's signed decision: the catalogue bot may not, a reviewer may
     assert cli(["rollback", "--reason", "test rollback"]) == 1
     with service_context(service) as ctx:
