@@ -13,7 +13,9 @@ import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import deployment, flow_run
+from prefect.states import Completed, State
 
 from editing.registry import parse_plan, resolve_mode
 from infra import repository as repo
@@ -29,26 +31,58 @@ from flows.edit import edit_model
 log = logging.getLogger(__name__)
 
 
+def run_starter(started_by: str | None) -> str:
+    """Who started this refresh, from what the caller cannot choose when it comes through Prefect: a
+    deployment run (the schedule, the UI, the API) is started by its deployment; a flow called in
+    process by the caller (`started_by`, or the process's user)."""
+    if deployment.get_id():
+        return f"prefect-deployment:{deployment.get_name()}"
+    return started_by or current_user()
+
+
+def decision_pending(model_name: str) -> str | None:
+    """Why a new refresh must wait: a run of `model_name` awaits a reviewer's decision (or its promotion)."""
+    with service_context() as ctx, ctx.db.session() as session:
+        for waiting in repo.open_runs(session, model_name):
+            if waiting.status == "awaiting_approval":
+                approved = any(a.decision == "approved" for a in repo.approvals_for(session, waiting.id))
+                return (f"run {waiting.id} for {model_name} was approved but not promoted; run `kus promote {waiting.id}`"
+                        if approved else
+                        f"run {waiting.id} for {model_name} awaits a reviewer's decision (`kus approve` or `kus reject`); "
+                        "this refresh starts nothing until then")
+    return None
+
+
 @flow(name="catalogue-refresh")
 def catalogue_refresh(
     model_name: str | None = None,
     editor: str | None = None,
     started_by: str | None = None,
     hparams: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Run one refresh; returns {'run_id', 'status', 'message'}."""
+) -> State:
+    """Run one refresh. The final state names the outcome (AwaitingApproval, ValidationFailed,
+    WaitingForDecision, NothingToDo; failures are Failed); its result is {'run_id', 'status', 'message'}."""
     logger = get_run_logger()
     settings = Settings.load()
     model_name = model_name or settings.model_name
     editor = editor or settings.default_editor
-    started_by = started_by or current_user()
+    starter = run_starter(started_by)
+    if started_by and starter != started_by:
+        logger.warning("started_by=%r ignored: a deployment run is recorded as started by %s", started_by, starter)
+    started_by = starter
     resolve_mode(parse_plan(editor), settings.edit_mode)  # an unknown editor or mode fails before anything is ingested
+    pending = decision_pending(model_name)
+    if pending:  # not a failure: the previous run is with a reviewer
+        logger.info(pending)
+        return Completed(name="WaitingForDecision", message=pending,
+                         data={"run_id": None, "status": "waiting_for_decision", "message": pending})
     outcome = ingest_task(model_name, editor, started_by, str(flow_run.get_id() or ""))
     run_id = outcome["run_id"]
     if run_id is None:
         logger.info("nothing to edit: %s", outcome["message"])
-        return {"run_id": None, "status": "nothing_to_do", "message": outcome["message"],
-                "rejected": outcome["rejected"]}
+        return Completed(name="NothingToDo", message=outcome["message"],
+                         data={"run_id": None, "status": "nothing_to_do", "message": outcome["message"],
+                               "rejected": outcome["rejected"]})
     try:
         build_sets_task(run_id)
         if settings.edit_deployment:
@@ -62,9 +96,29 @@ def catalogue_refresh(
         raise
     finally:
         _end_lease(run_id)
-    logger.info("run %s awaits approval (retention validation %s)", run_id, "passed" if validation["success"] else "FAILED")
-    return {"run_id": run_id, "status": "awaiting_approval", "validation_passed": validation["success"],
-            "accepted": outcome["accepted"], "rejected": outcome["rejected"], "message": f"run {run_id} awaits approval"}
+    passed = bool(validation["success"])
+    logger.info("run %s awaits approval (retention validation %s)", run_id, "passed" if passed else "FAILED")
+    _publish_validation(run_id, validation)
+    message = f"run {run_id} awaits approval" + ("" if passed else "; its retention validation FAILED")
+    return Completed(name="AwaitingApproval" if passed else "ValidationFailed", message=message,
+                     data={"run_id": run_id, "status": "awaiting_approval", "validation_passed": passed,
+                           "accepted": outcome["accepted"], "rejected": outcome["rejected"], "message": message})
+
+
+def _publish_validation(run_id: int, validation: dict[str, Any]) -> None:
+    """The validation table as a Prefect artifact: what the UI shows a reviewer (never the approval path)."""
+    lines = [f"**Run {run_id}: retention {'PASS' if validation['success'] else 'FAIL'}** "
+             f"(decide with `kus approve {run_id}` or `kus reject {run_id}`)", "",
+             "| metric | observed | bound | result |", "|---|---:|---|---|"]
+    for check in validation.get("checks", []):
+        observed = "missing" if check["observed"] is None else f"{check['observed']:.4f}"
+        bound = f"{'>=' if check['kind'] == 'min' else '<='} {check['threshold']:.4f}"
+        lines.append(f"| {check['metric']} | {observed} | {bound} | {'pass' if check['success'] else '**FAIL**'} |")
+    try:
+        create_markdown_artifact(key=f"run-{run_id}-validation", markdown="\n".join(lines) + "\n",
+                                 description=f"retention validation of run {run_id}")
+    except Exception:  # pragma: no cover - the run row holds the table; the artifact is a view of it
+        log.exception("could not publish the validation artifact of run %s", run_id)
 
 
 def _edit_on_work_pool(deployment: str, run_id: int, editor: str, hparams: dict[str, Any] | None) -> None:

@@ -114,10 +114,17 @@ def test_refresh_approve_promote_rollback(service: Settings, tiny_world, capsys)
 
     _facts, templates, report = tiny_world
     batch = _apply_swaps(service)
-    result = catalogue_refresh(started_by="carol", hparams=TINY_SAUL)  # the default editor
+    state = catalogue_refresh(started_by="carol", hparams=TINY_SAUL, return_state=True)  # the default editor
+    result = state.result()
     run_id = result["run_id"]
     assert result["status"] == "awaiting_approval"
     assert result["rejected"] == 1
+    # the state tells the truth: a failed retention check is not plain green
+    assert state.is_completed() and state.name == ("AwaitingApproval" if result["validation_passed"] else "ValidationFailed")
+    # while the run is with a reviewer, a refresh (the nightly tick) starts nothing and does not fail
+    waiting = catalogue_refresh(return_state=True)
+    assert waiting.is_completed() and waiting.name == "WaitingForDecision"
+    assert f"run {run_id}" in waiting.message and waiting.result()["run_id"] is None
 
     with service_context(service) as ctx:
         with ctx.db.session() as session:

@@ -52,6 +52,15 @@ def test_nightly_refresh_deployment_has_its_cron_schedule(prefect_harness) -> No
 
     deployment = asyncio.run(read())
     assert deployment.name == DEPLOYMENT_NAME
-    assert deployment.parameters == {"editor": "ft", "started_by": "catalogue-scheduler"}
+    assert deployment.parameters == {"editor": "ft"}  # who started a run is never a parameter
     crons = [s.schedule.cron for s in deployment.schedules]
     assert crons == ["0 2 * * *"]
+    assert deployment.global_concurrency_limit is not None and deployment.global_concurrency_limit.limit == 1
+    assert str(deployment.concurrency_options.collision_strategy).endswith("CANCEL_NEW")
+    # `kus serve` never takes over the deployment prefect.yaml deploys for a team, and that one runs one at a time too
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
+    nightly = next(d for d in spec["deployments"] if d["entrypoint"].endswith(":catalogue_refresh"))
+    assert nightly["name"] != DEPLOYMENT_NAME and "started_by" not in (nightly.get("parameters") or {})
+    assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
