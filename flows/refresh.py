@@ -27,6 +27,7 @@ from tasks.ingest import ingest_task
 from tasks.run_lease import end_lease
 from tasks.validate import request_approval_task, validate_task
 from flows.edit import edit_model
+from flows.work_pool import run_edit_on_pool
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def catalogue_refresh(
     try:
         build_sets_task(run_id)
         if settings.edit_deployment:
-            _edit_on_work_pool(settings.edit_deployment, run_id, editor, hparams)
+            run_edit_on_pool(settings.edit_deployment, run_id, editor, hparams)
         else:
             edit_model(run_id, editor, hparams)
         validation = validate_task(run_id)
@@ -119,14 +120,6 @@ def _publish_validation(run_id: int, validation: dict[str, Any]) -> None:
                                  description=f"retention validation of run {run_id}")
     except Exception:  # pragma: no cover - the run row holds the table; the artifact is a view of it
         log.exception("could not publish the validation artifact of run %s", run_id)
-
-
-def _edit_on_work_pool(deployment: str, run_id: int, editor: str, hparams: dict[str, Any] | None) -> None:
-    from prefect.deployments import run_deployment
-
-    child = run_deployment(deployment, parameters={"run_id": run_id, "editor": editor, "hparams": hparams}, timeout=None)
-    if child.state is None or not child.state.is_completed():
-        raise RuntimeError(f"edit step on {deployment} ended {child.state.name if child.state else 'without a state'}")
 
 
 def _end_lease(run_id: int) -> None:

@@ -71,6 +71,15 @@ def holder_of(session: Session, model_name: str, run_id: int) -> Lease | None:
     return Lease(row.model_name, row.holder, utc(row.expires_at), row.run_id)
 
 
+def last_renewed(session: Session, model_name: str, run_id: int, ttl: timedelta) -> datetime | None:
+    """When `run_id` last renewed its lease on `model_name` (None: it holds none): a renewal sets the
+    expiry to renewal time + `ttl`."""
+    row = session.get(RefreshLeaseRow, model_name, populate_existing=True)
+    if row is None or row.run_id != run_id:
+        return None
+    return utc(row.expires_at) - ttl
+
+
 def bind(session: Session, model_name: str, run_id: int) -> None:
     """Tie the lease to the run the refresh opened."""
     session.execute(sa.update(RefreshLeaseRow).where(RefreshLeaseRow.model_name == model_name).values(run_id=run_id))

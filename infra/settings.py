@@ -78,6 +78,12 @@ class Settings:
     #: seconds a refresh's lease lasts without renewal (every step renews it); a crashed run is
     #: declared dead only after its lease expired
     lease_ttl_seconds: int = 7200
+    #: the edit step on a work pool renews the lease this often while it computes (its heartbeat) ...
+    heartbeat_seconds: int = 30
+    #: ... and the refresh declares its worker lost after this long without one (or without a worker
+    #: picking the step up), and gives up on the step after `edit_timeout_seconds` in any case
+    worker_silence_seconds: int = 300
+    edit_timeout_seconds: int = 6 * 3600
     #: write-once storage for audit anchors: s3://bucket[/prefix] (a bucket with Object Lock) or
     #: file:///dir; None: `kus audit anchor` writes to the delta store and a file only
     anchor_store_uri: str | None = None
@@ -149,6 +155,9 @@ class Settings:
             "KUS_MAX_TARGETS": "max_targets",
             "KUS_SIGNING_KEY": "signing_key_path",
             "KUS_LEASE_TTL": "lease_ttl_seconds",
+            "KUS_HEARTBEAT": "heartbeat_seconds",
+            "KUS_WORKER_SILENCE": "worker_silence_seconds",
+            "KUS_EDIT_TIMEOUT": "edit_timeout_seconds",
             "KUS_AUDIT_KEY_FILE": "audit_key_path",
             "KUS_REVIEWER_KEYS": "reviewer_keys_path",
             "KUS_ANCHOR_STORE": "anchor_store_uri",
@@ -179,7 +188,8 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 #: Settings that are whole numbers, with their smallest allowed value.
-_WHOLE_NUMBERS = {"lease_ttl_seconds": 1, "agreement_sample": 0, "max_targets": 1, "anchor_retention_days": 1}
+_WHOLE_NUMBERS = {"lease_ttl_seconds": 1, "agreement_sample": 0, "max_targets": 1, "anchor_retention_days": 1,
+                  "heartbeat_seconds": 1, "worker_silence_seconds": 1, "edit_timeout_seconds": 1}
 
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from infra.decoding import greedy_answers
 from infra.domain import EditRequest
 from tasks.catalogue_inputs import statistics_corpus_for, templates_for
 from tasks.live_model import BASIS_BASE, head_values, load_live_model
-from tasks.run_lease import keep_lease
+from tasks.run_lease import heartbeat, keep_lease
 from tasks.run_artifacts import load_sets
 
 log = logging.getLogger(__name__)
@@ -193,5 +193,5 @@ def compute_delta(ctx: ServiceContext, run_id: int, editor_name: str | None = No
 
 @task(name="compute-delta", cache_policy=NO_CACHE)
 def edit_task(run_id: int, editor_name: str | None = None, hparams_overrides: dict[str, Any] | None = None) -> str:
-    with service_context() as ctx:
+    with service_context() as ctx, heartbeat(ctx, run_id, ctx.settings.heartbeat_seconds):
         return compute_delta(ctx, run_id, editor_name, hparams_overrides)

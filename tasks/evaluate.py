@@ -18,7 +18,7 @@ from infra.audit import append_event
 from infra.context import ServiceContext, service_context
 from infra.errors import InvalidState
 from tasks.live_model import BASIS_BASE, LiveModel, fetch_delta, load_live_model
-from tasks.run_lease import keep_lease
+from tasks.run_lease import heartbeat, keep_lease
 from tasks.run_artifacts import load_sets, put_json
 from validation.agreement import (AgreementAnswers, agreement_answers, agreement_report, agreement_rows,
                                   base_readiness)
@@ -111,5 +111,5 @@ def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
 
 @task(name="evaluate-delta", cache_policy=NO_CACHE)
 def evaluate_task(run_id: int) -> dict:
-    with service_context() as ctx:
+    with service_context() as ctx, heartbeat(ctx, run_id, ctx.settings.heartbeat_seconds):
         return evaluate_delta(ctx, run_id)

@@ -3,6 +3,10 @@ never taken for a dead one, and a step of a run whose lease was taken over stops
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from infra import leases
@@ -16,6 +20,32 @@ def keep_lease(ctx: ServiceContext, run_id: int) -> None:
     with ctx.db.session() as session:
         run = repo.get_run(session, run_id)
         leases.renew(session, run.model_name, run_id, timedelta(seconds=ctx.settings.lease_ttl_seconds))
+
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def heartbeat(ctx: ServiceContext, run_id: int, every: float) -> Iterator[None]:
+    """Renew the run's lease every `every` seconds from a background thread while the block runs: a
+    long edit proves it is alive, and its silence tells the refresh that its worker is gone."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                keep_lease(ctx, run_id)
+            except Exception:  # the lease was taken over: the step itself stops at its next renewal
+                log.warning("run %s: heartbeat could not renew the refresh lease", run_id, exc_info=True)
+                return
+
+    thread = threading.Thread(target=beat, name=f"kus-heartbeat-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every + 5)
 
 
 def end_lease(ctx: ServiceContext, run_id: int) -> None:

@@ -1,0 +1,110 @@
+"""The edit step on a work pool, on a real Prefect server: when the process running the step is
+killed (kill -9, its whole process group), the refresh does not hang. It sees the heartbeat stop,
+sets the child flow run Crashed, marks the run failed with the reason within the configured silence,
+releases the lease, and the next refresh redoes the changes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from infra import repository as repo
+from infra.context import service_context
+from infra.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOYMENT = "edit-model/pool-test"
+SERVE = "from flows.edit import edit_model; edit_model.serve(name='pool-test')"
+SILENCE = 12
+
+
+def _wait(predicate, timeout: float, every: float = 0.5):  # noqa: ANN001, ANN202
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"gave up after {timeout} s")
+
+
+def test_a_killed_edit_worker_fails_the_refresh_within_the_silence_and_the_next_refresh_redoes_it(
+        tmp_path: Path, tiny_world, monkeypatch: pytest.MonkeyPatch, prefect_harness) -> None:  # noqa: ANN001
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.refresh import catalogue_refresh
+    from flows.work_pool import EditStepLost
+    from tasks.ingest import ingest_changes
+    from tests.test_refresh_flow import _apply_swaps
+
+    facts, _templates, report = tiny_world
+    env = {"KUS_HOME": str(tmp_path / "home"), "KUS_BASE_MODEL": str(report.path),
+           "KUS_DATABASE_URL": f"sqlite:///{tmp_path / 'kus.db'}", "KUS_DELTA_STORE": (tmp_path / "deltas").as_uri(),
+           "KUS_HEARTBEAT": "1", "KUS_WORKER_SILENCE": str(SILENCE), "KUS_USER": "catalogue-bot"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.load()
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        repo.seed_facts(session, facts)
+    _apply_swaps(settings)
+
+    worker = subprocess.Popen([sys.executable, "-c", SERVE], cwd=ROOT, start_new_session=True,
+                              env={**os.environ, **env, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+                                   "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with get_client(sync_client=True) as client:
+            def deployed():  # noqa: ANN202
+                try:
+                    return client.read_deployment_by_name(DEPLOYMENT)
+                except Exception:
+                    return None
+
+            _wait(deployed, 90)
+        monkeypatch.setenv("KUS_EDIT_DEPLOYMENT", DEPLOYMENT)
+        killed_at: list[float] = []
+
+        def kill_when_editing() -> None:
+            with get_client(sync_client=True) as client:
+                deployment = client.read_deployment_by_name(DEPLOYMENT)
+
+                def running():  # noqa: ANN202
+                    runs = client.read_flow_runs()
+                    return [r for r in runs if r.deployment_id == deployment.id and r.state and r.state.is_running()]
+
+                _wait(running, 120)
+            time.sleep(4)  # the step is computing and beating
+            os.killpg(worker.pid, signal.SIGKILL)
+            killed_at.append(time.monotonic())
+
+        killer = threading.Thread(target=kill_when_editing, daemon=True)
+        killer.start()
+        long_edit = {"steps": 100000, "early_stop_loss": 0.0, "layers": [1], "lr": 0.001}
+        with pytest.raises(EditStepLost, match="went silent"):
+            catalogue_refresh(started_by="carol", hparams=long_edit)
+        noticed = time.monotonic()
+        killer.join(timeout=5)
+        assert killed_at, "the edit step never started on the pool"
+        assert noticed - killed_at[0] < SILENCE + 20  # not hung: ended within the silence (plus a poll)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+
+    with service_context(settings) as ctx:
+        with ctx.db.session() as session:
+            [run] = repo.list_runs(session)
+            assert run.status == "failed" and "went silent" in str(run.error)
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(DEPLOYMENT)
+            [child] = [r for r in client.read_flow_runs() if r.deployment_id == deployment.id]
+            assert child.state.is_crashed()
+        again = ingest_changes(ctx, settings.model_name, "saul", "catalogue-bot")  # the lease is free
+        assert again.run_id != run.id and again.outstanding == 6  # every change is redone
