@@ -239,6 +239,23 @@ def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace, settings: Settings) -> int:
+    """What the run changes, what else its edit changes in the catalogue (the knowledge diff) and the
+    validation, before a reviewer decides."""
+    from rich.markdown import Markdown
+
+    from flows.review import review_markdown
+    from infra.context import service_context
+
+    with service_context(settings) as ctx:
+        text = review_markdown(ctx, args.run)
+    if args.markdown:
+        print(text, end="")
+    else:
+        console.print(Markdown(text))
+    return 0
+
+
 def cmd_close(args: argparse.Namespace, settings: Settings) -> int:
     """Close a run stuck in ingested/edited/validated (its process is gone) on the record."""
     from infra.context import current_user, service_context
@@ -577,6 +594,9 @@ def _parser() -> argparse.ArgumentParser:
             "record the catalogue the base model was built on (no change feed: nothing to edit)")
     p.add_argument("path")
     p.add_argument("--source", default=None, help="where the facts come from (kept on each fact)")
+    p = add("review", cmd_review, "before deciding: what a run changes, the knowledge diff, the validation")
+    p.add_argument("run", type=int)
+    p.add_argument("--markdown", action="store_true", help="print the Markdown source (for a ticket or an e-mail)")
     p = add("close", cmd_close, "close a run stuck while working (its process was killed), on the record")
     p.add_argument("run", type=int)
     p.add_argument("--reason", required=True)

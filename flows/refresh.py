@@ -107,21 +107,17 @@ def catalogue_refresh(
 
 
 def _publish_validation(run_id: int, validation: dict[str, Any]) -> None:
-    """The validation table as a Prefect artifact: what the UI shows a reviewer (never the approval path)."""
-    lines = [f"**Run {run_id}: retention {'PASS' if validation['success'] else 'FAIL'}** "
-             f"(decide with `kus approve {run_id}` or `kus reject {run_id}`)", "",
-             "| metric | observed | bound | result |", "|---|---:|---|---|"]
-    for check in validation.get("checks", []):
-        observed = "missing" if check["observed"] is None else f"{check['observed']:.4f}"
-        bound = f"{'>=' if check['kind'] == 'min' else '<='} {check['threshold']:.4f}"
-        lines.append(f"| {check['metric']} | {observed} | {bound} | {'pass' if check['success'] else '**FAIL**'} |")
+    """The review (changes, knowledge diff, validation table) as a Prefect artifact: what the UI shows
+    a reviewer, the same text as `kus review` (never the approval path)."""
+    from flows.review import review_markdown
+
     try:
-        create_markdown_artifact(key=f"run-{run_id}-validation", markdown="\n".join(lines) + "\n",
-                                 description=f"retention validation of run {run_id}")
+        with service_context() as ctx:
+            markdown = review_markdown(ctx, run_id)
+        create_markdown_artifact(key=f"run-{run_id}-review", markdown=markdown,
+                                 description=f"run {run_id}: retention {'PASS' if validation['success'] else 'FAIL'}")
     except Exception:  # pragma: no cover - the run row holds the table; the artifact is a view of it
-        log.exception("could not publish the validation artifact of run %s", run_id)
-
-
+        log.exception("could not publish the review artifact of run %s", run_id)
 def _end_lease(run_id: int) -> None:
     try:
         with service_context() as ctx:

@@ -21,11 +21,14 @@ from tasks.live_model import BASIS_BASE, LiveModel, fetch_delta, load_live_model
 from tasks.run_lease import heartbeat, keep_lease
 from tasks.run_artifacts import load_sets, put_json
 from validation.agreement import (AgreementAnswers, agreement_answers, agreement_report, agreement_rows,
-                                  base_readiness)
+                                  base_readiness, knowledge_diff)
 from validation.evaluate import efficacy_by_relation, evaluate, retention_table
 from validation.sets import AgreementSet
 
 log = logging.getLogger(__name__)
+
+#: Run file: every catalogue fact of the agreement set whose answer the edit changes (`knowledge_diff`).
+KNOWLEDGE_DIFF_FILE = "knowledge_diff.json"
 
 
 def json_safe(value: Any) -> Any:
@@ -68,14 +71,16 @@ def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
     for warning in readiness.warnings():
         log.warning("run %s: %s", run_id, warning)
     before = evaluate(live.model, live.tokenizer, sets.targets, sets.regression)
-    agree_before = agreement_report(sets.agreement, agreement_answers(live.model, live.tokenizer, sets.agreement), base)
+    said_before = agreement_answers(live.model, live.tokenizer, sets.agreement)
+    agree_before = agreement_report(sets.agreement, said_before, base)
     delta = fetch_delta(ctx, run.delta_sha)
     if delta.manifest.get("basis") == BASIS_BASE:
         live.reverted_to_base()  # a cumulative delta replaces the chain: after = base + this delta
     applied = delta.apply(live.model)
     try:
         after = evaluate(live.model, live.tokenizer, sets.targets, sets.regression)
-        agree_after = agreement_report(sets.agreement, agreement_answers(live.model, live.tokenizer, sets.agreement), base)
+        said_after = agreement_answers(live.model, live.tokenizer, sets.agreement)
+        agree_after = agreement_report(sets.agreement, said_after, base)
     finally:
         applied.revert()
     table = retention_table(before, after)
@@ -88,6 +93,8 @@ def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
     put_json(ctx, run_id, "evaluation_rows_after.json", after.rows.to_dict(orient="records"))
     put_json(ctx, run_id, "retention_table.json", records)
     put_json(ctx, run_id, "agreement.json", agreement)
+    diff = knowledge_diff(sets.agreement, said_before, said_after)
+    put_json(ctx, run_id, KNOWLEDGE_DIFF_FILE, diff)
     not_written = {rel: len(e["not_written"]) for rel, e in by_relation.items() if e["not_written"]}
     with ctx.db.session() as session:
         summaries = json_safe({"before": before.summary, "after": after.summary})
@@ -95,6 +102,7 @@ def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
             **summaries, "table": records, "agreement": json_safe(agreement),
             "efficacy_by_relation": json_safe(by_relation), "mode": sets.mode, "plan": list(sets.plan),
             "base_readiness": {**readiness.to_json(), "warnings": readiness.warnings()},
+            "knowledge_diff": diff["counts"],
         })
         append_event(session, run.started_by, "evaluate", f"run:{run_id}", {
             "delta": run.delta_sha, **summaries,

@@ -139,6 +139,22 @@ def test_refresh_approve_promote_rollback(service: Settings, tiny_world, capsys)
         with pytest.raises(PermissionDenied):
             record_decision(ctx, run_id, "mallory", "approved", "not a reviewer")
 
+    # before deciding, the reviewer reads the review: the changes, the knowledge diff, the validation;
+    # the refresh published the same text as a Prefect artifact
+    capsys.readouterr()
+    assert cli(["review", str(run_id), "--markdown"]) == 0
+    review = capsys.readouterr().out
+    assert "## What changes (6 facts)" in review and "## Knowledge diff against the live model" in review
+    with service_context(service) as ctx, ctx.db.session() as session:
+        counts = repo.get_run(session, run_id).metrics["knowledge_diff"]
+    assert f"- **broken: {counts['broken']}**" in review and counts["intended"] >= 1
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"run-{run_id}-review"])))
+    assert review in [a.data for a in artifacts]  # (another test run may have a run of the same number)
+
     # the CLI is the approval path of record; it promotes on approval
     assert cli_as("alice", ["approve", str(run_id), "--reason", "checked", "--override-validation"]) == 0
     prompts = [templates[f.relation].render(f.subject) for f in batch]

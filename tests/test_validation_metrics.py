@@ -345,3 +345,21 @@ def test_retention_table_refuses_evaluations_of_different_sets(lm, evaluations, 
     other = build_regression_set(facts_of(WORLD), targets, TEMPLATES, neighbours_per_request=1, n_unrelated=1, seed=3)
     with pytest.raises(InvalidInput, match="different"):
         retention_table(before, evaluate(lm[0], lm[1], targets, other))
+
+
+def test_knowledge_diff_sorts_every_changed_answer_by_what_it_means() -> None:
+    from validation.agreement import AgreementAnswers, knowledge_diff
+    from validation.sets import AgreementSet
+
+    agreement = AgreementSet(
+        changed=(("p1", "$5", "price"), ("p2", "$6", "price"), ("p3", "$7", "price")),
+        unchanged=(("q1", "red", "colour"), ("q2", "blue", "colour"), ("q3", "tan", "colour"), ("q4", "ash", "colour")),
+    )
+    before = AgreementAnswers(changed=["$1", "$6", "$2"], unchanged=["red", "green", "pink", "ash"])
+    after = AgreementAnswers(changed=["$5", "$9", "$3"], unchanged=["gold", "blue", "lime", "ash"])
+    diff = knowledge_diff(agreement, before, after)
+    assert diff["counts"] == {"intended": 1, "broken": 2, "repaired": 1, "churn": 2}
+    assert [d["prompt"] for d in diff["broken"]] == ["p2", "q1"]
+    assert diff["repaired"][0] == {"prompt": "q2", "relation": "colour", "fact": "unchanged", "database": "blue",
+                                   "before": "green", "after": "blue"}
+    assert {d["prompt"] for d in diff["churn"]} == {"p3", "q3"} and diff["n_facts"] == 7

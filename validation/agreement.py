@@ -100,6 +100,31 @@ def agreement_report(agreement: AgreementSet, answers: AgreementAnswers, base: A
     )
 
 
+def knowledge_diff(agreement: AgreementSet, before: AgreementAnswers, after: AgreementAnswers) -> dict[str, Any]:
+    """Every catalogue fact of the set whose answer the edit changes, with what the database says.
+
+    `intended`: changed facts that now agree; `broken`: facts that agreed and no longer do (for a
+    changed fact, one the live model already said); `repaired`: unchanged facts that disagreed and now
+    agree; `churn`: wrong before and wrong, differently, after. Counts are complete; the lists too.
+    """
+    items: dict[str, list[dict[str, str]]] = {"intended": [], "broken": [], "repaired": [], "churn": []}
+    for kind, facts, old, new in (("changed", agreement.changed, before.changed, after.changed),
+                                  ("unchanged", agreement.unchanged, before.unchanged, after.unchanged)):
+        for (prompt, value, relation), b, a in zip(facts, old, new):
+            if a == b:
+                continue
+            if a == value:
+                verdict = "intended" if kind == "changed" else "repaired"
+            elif b == value:
+                verdict = "broken"
+            else:
+                verdict = "churn"
+            items[verdict].append({"prompt": prompt, "relation": relation, "fact": kind, "database": value,
+                                   "before": b, "after": a})
+    return {"counts": {k: len(v) for k, v in items.items()}, "n_facts": len(agreement.changed) + len(agreement.unchanged),
+            **items}
+
+
 #: Below this share of the unchanged catalogue answered right by the base model, the retention checks
 #: measure churn among wrong answers rather than knowledge kept.
 READY_MIN = 0.5
