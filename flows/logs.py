@@ -43,6 +43,16 @@ class ConsoleFilter(logging.Filter):
         return record.levelno >= logging.ERROR
 
 
+def service_records_at_info() -> None:
+    """In a process a Prefect worker started for a flow run, our loggers have no level of their own
+    (the root's WARNING would drop our progress); INFO lets their records reach the run's logs
+    (PREFECT_LOGGING_EXTRA_LOGGERS attaches Prefect's API handler to them). The CLI sets its own."""
+    for name in OWN_PACKAGES:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+
+
 def configure_logging(home: Path, quiet: bool = False) -> Path | None:
     """Our packages' loggers get their own console and file handlers (so Prefect, which configures
     the root logger when it starts, cannot take them away); the root logger sends everybody else's

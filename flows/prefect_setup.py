@@ -30,8 +30,19 @@ _EPHEMERAL_MARK = "PREFECT__SERVER_EPHEMERAL=1"
 _PROC = Path("/proc")
 
 
+#: The service's own loggers, whose records Prefect forwards to each flow run's logs (the UI shows
+#: the edit step's progress, not one line).
+SERVICE_LOGGERS = "flows,tasks,editing,validation,infra"
+
+
+def forward_service_logs() -> None:
+    """Before prefect is imported: the service's loggers reach the Prefect run logs."""
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", SERVICE_LOGGERS)
+
+
 def configure_prefect(settings: Settings, quiet: bool = False) -> None:
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    forward_service_logs()
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

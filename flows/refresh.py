@@ -27,6 +27,7 @@ from tasks.ingest import ingest_task
 from tasks.run_lease import end_lease
 from tasks.validate import request_approval_task, validate_task
 from flows.edit import edit_model
+from flows.logs import service_records_at_info
 from flows.work_pool import run_edit_on_pool
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def catalogue_refresh(
 ) -> State:
     """Run one refresh. The final state names the outcome (AwaitingApproval, ValidationFailed,
     WaitingForDecision, NothingToDo; failures are Failed); its result is {'run_id', 'status', 'message'}."""
+    service_records_at_info()
     logger = get_run_logger()
     settings = Settings.load()
     model_name = model_name or settings.model_name

@@ -21,7 +21,8 @@ from infra.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOYMENT = "edit-model/pool-test"
-SERVE = "from flows.edit import edit_model; edit_model.serve(name='pool-test')"
+SERVE = ("from flows.prefect_setup import forward_service_logs; forward_service_logs(); "
+         "from flows.edit import edit_model; edit_model.serve(name='pool-test')")
 SILENCE = 12
 
 
@@ -71,17 +72,22 @@ def test_a_killed_edit_worker_fails_the_refresh_within_the_silence_and_the_next_
             _wait(deployed, 90)
         monkeypatch.setenv("KUS_EDIT_DEPLOYMENT", DEPLOYMENT)
         killed_at: list[float] = []
+        forwarded: list = []  # the service's log records the child run received
 
         def kill_when_editing() -> None:
+            """Once the step computes and its own log lines reach the child run's logs, kill -9 its worker."""
+            from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
             with get_client(sync_client=True) as client:
                 deployment = client.read_deployment_by_name(DEPLOYMENT)
 
-                def running():  # noqa: ANN202
-                    runs = client.read_flow_runs()
-                    return [r for r in runs if r.deployment_id == deployment.id and r.state and r.state.is_running()]
+                def service_logs():  # noqa: ANN202
+                    runs = [r.id for r in client.read_flow_runs() if r.deployment_id == deployment.id]
+                    logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=runs))) if runs else []
+                    return [e for e in logs if e.name.startswith("tasks.")]
 
-                _wait(running, 120)
-            time.sleep(4)  # the step is computing and beating
+                forwarded.extend(_wait(service_logs, 120))
+            time.sleep(2)  # the step is computing and beating
             os.killpg(worker.pid, signal.SIGKILL)
             killed_at.append(time.monotonic())
 
@@ -106,5 +112,7 @@ def test_a_killed_edit_worker_fails_the_refresh_within_the_silence_and_the_next_
             deployment = client.read_deployment_by_name(DEPLOYMENT)
             [child] = [r for r in client.read_flow_runs() if r.deployment_id == deployment.id]
             assert child.state.is_crashed()
+            # the service's own log lines reached the child run's logs (the UI shows the step's progress)
+            assert forwarded and all(entry.flow_run_id == child.id for entry in forwarded)
         again = ingest_changes(ctx, settings.model_name, "saul", "catalogue-bot")  # the lease is free
         assert again.run_id != run.id and again.outstanding == 6  # every change is redone
