@@ -506,6 +506,23 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, console, size_name=args.size)
 
 
+def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
+    """On the Prefect server PREFECT_API_URL names: work pools and deployments, idempotently."""
+    from flows.schedule import deploy_to_server
+
+    if not os.environ.get("PREFECT_API_URL"):
+        from infra.errors import InvalidInput
+
+        raise InvalidInput("kus deploy needs a Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)")
+    source = Path(args.source or Path(__file__).resolve().parents[1]).resolve()
+    for name, deployment_id in deploy_to_server(source, cron=args.cron, editor=args.editor).items():
+        console.print(f"deployment {name}: {deployment_id}")
+    console.print(f"work pools default and gpu ready; code from {source}. Start the workers:\n"
+                  "  KUS_EDIT_DEPLOYMENT=edit-model/gpu prefect worker start --pool default\n"
+                  "  prefect worker start --pool gpu        # on each GPU machine")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from flows.schedule import serve_refresh
 
@@ -594,6 +611,10 @@ def _parser() -> argparse.ArgumentParser:
             "record the catalogue the base model was built on (no change feed: nothing to edit)")
     p.add_argument("path")
     p.add_argument("--source", default=None, help="where the facts come from (kept on each fact)")
+    p = add("deploy", cmd_deploy, "create the work pools and deployments on a Prefect server (idempotent)")
+    p.add_argument("--cron", default="0 2 * * *")
+    p.add_argument("--editor", default=None)
+    p.add_argument("--source", default=None, help="the code directory workers run (default: this checkout)")
     p = add("review", cmd_review, "before deciding: what a run changes, the knowledge diff, the validation")
     p.add_argument("run", type=int)
     p.add_argument("--markdown", action="store_true", help="print the Markdown source (for a ticket or an e-mail)")

@@ -64,3 +64,26 @@ def test_nightly_refresh_deployment_has_its_cron_schedule(prefect_harness) -> No
     nightly = next(d for d in spec["deployments"] if d["entrypoint"].endswith(":catalogue_refresh"))
     assert nightly["name"] != DEPLOYMENT_NAME and "started_by" not in (nightly.get("parameters") or {})
     assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+
+
+def test_deploy_creates_pools_and_deployments_idempotently(prefect_harness) -> None:
+    """`kus deploy`: the default and gpu process pools, the nightly refresh (cron, one at a time, the
+    service's logs forwarded) on default and the edit step on gpu; a second deploy changes nothing."""
+    from prefect.client.orchestration import get_client
+
+    from flows.schedule import deploy_to_server
+
+    root = Path(__file__).resolve().parents[1]
+    first = deploy_to_server(root, cron="0 2 * * *")
+    assert deploy_to_server(root, cron="0 2 * * *") == first
+    with get_client(sync_client=True) as client:
+        assert {client.read_work_pool(name).type for name in ("default", "gpu")} == {"process"}
+        nightly = client.read_deployment_by_name("catalogue-refresh/nightly")
+        edit = client.read_deployment_by_name("edit-model/gpu")
+    assert str(nightly.id) == first["catalogue-refresh/nightly"] and str(edit.id) == first["edit-model/gpu"]
+    assert nightly.work_pool_name == "default" and edit.work_pool_name == "gpu"
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert nightly.global_concurrency_limit.limit == 1 and "started_by" not in nightly.parameters
+    for deployment in (nightly, edit):
+        assert deployment.job_variables["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"].startswith("flows,tasks")
+        assert str(root) in str(deployment.pull_steps)  # workers run this checkout's code
