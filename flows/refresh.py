@@ -94,7 +94,7 @@ def catalogue_refresh(
             edit_model(run_id, editor, hparams)
         validation = validate_task(run_id)
         request_approval_task(run_id)
-    except Exception as exc:
+    except BaseException as exc:  # SIGTERM (SystemExit) and Ctrl-C too: the run says it was interrupted
         _mark_failed(run_id, started_by, exc)
         raise
     finally:
@@ -130,11 +130,19 @@ def _end_lease(run_id: int) -> None:
 
 def _mark_failed(run_id: int, actor: str, exc: BaseException) -> None:
     """A failed run keeps its changes pending (the watermark does not move) and says why."""
+    from prefect.exceptions import TerminationSignal
+
+    if isinstance(exc, TerminationSignal):
+        why = f"interrupted: the refresh process received signal {getattr(exc, 'signal', '?')} (SIGTERM: 15) during the run"
+    elif isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        why = f"interrupted: the refresh process was stopped ({type(exc).__name__} {exc}) during the run"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
     try:
         with service_context() as ctx, ctx.db.session() as session:
             run = repo.get_run(session, run_id)
             if run.status not in repo.FINAL_STATUSES:
-                repo.update_run(session, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
-                append_event(session, actor, "run_failed", f"run:{run_id}", {"error": f"{type(exc).__name__}: {exc}"})
+                repo.update_run(session, run_id, status="failed", error=why)
+                append_event(session, actor, "run_failed", f"run:{run_id}", {"error": why})
     except Exception:  # pragma: no cover - the original error matters more
         log.exception("could not mark run %s failed", run_id)

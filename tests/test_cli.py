@@ -308,3 +308,56 @@ def test_answers_print_on_one_line_and_runs_never_cut_values(tmp_path: Path, mon
     assert main(["--quiet", "runs"]) == 0
     out = capsys.readouterr().out
     assert "…" not in out and "..." not in out
+
+
+def test_sigterm_ends_a_refresh_promptly_marks_it_failed_and_frees_the_model(tmp_path: Path, tiny_world) -> None:  # noqa: ANN001
+    """`kus refresh` terminated mid-edit exits within seconds, its run is failed with the true reason
+    (interrupted, not a connection error), the lease is released and the next refresh redoes the changes."""
+    import signal
+    import time
+
+    from infra import repository as repo
+    from infra.context import service_context
+    from infra.settings import Settings
+    from tasks.ingest import ingest_changes
+    from tests.test_refresh_flow import _apply_swaps
+
+    facts, _templates, report = tiny_world
+    env = {"KUS_HOME": str(tmp_path), "KUS_BASE_MODEL": str(report.path), "KUS_USER": "catalogue-bot"}
+    settings = Settings.load(home=tmp_path, base_model_path=report.path)
+    with service_context(settings) as ctx, ctx.db.session() as session:
+        repo.seed_facts(session, facts)
+    _apply_swaps(settings)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "KUS_"))}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "--quiet", "refresh", "--hparams",
+                             '{"steps": 100000, "early_stop_loss": 0.0, "layers": [1]}'],
+                            env={**clean, **env, "HF_HUB_OFFLINE": "1"}, cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def editing() -> bool:
+            with service_context(settings) as ctx, ctx.db.session() as session:
+                runs = repo.list_runs(session)
+                return bool(runs) and any(e.action == "build_sets" for e in _events(session))
+
+        assert _wait_until(editing, timeout=120), "the refresh never reached its edit step"
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        assert proc.wait(timeout=150) != 0
+        print(f"exited {time.monotonic() - stopped:.1f} s after SIGTERM")
+        assert time.monotonic() - stopped < 120  # seconds on a loaded 2-core machine; the lease TTL is 2 hours
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with service_context(settings) as ctx:
+        with ctx.db.session() as session:
+            [run] = repo.list_runs(session)
+        assert run.status == "failed" and str(run.error).startswith("interrupted"), run.error
+        again = ingest_changes(ctx, settings.model_name, "saul", "catalogue-bot")  # no lease left to wait for
+        assert again.run_id != run.id and again.outstanding == 6
+
+
+def _events(session):  # noqa: ANN001, ANN202
+    from infra.audit import list_events
+
+    return list_events(session)
