@@ -20,7 +20,7 @@ The watermark of a model (the last change it has consumed) advances only with ru
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -277,6 +277,8 @@ def base_values(session: Session, keys: Iterable[tuple[str, str]] | None = None)
     (None for a fact the feed introduced). Facts never changed are not listed (their current
     value is their base value). With `keys`, only those facts.
     """
+    if keys is not None:
+        return _first_old_objects(session, set(keys))
     first = (
         sa.select(FactChangeRow.subject, FactChangeRow.relation, sa.func.min(FactChangeRow.id).label("first_id"))
         .group_by(FactChangeRow.subject, FactChangeRow.relation)
@@ -285,7 +287,7 @@ def base_values(session: Session, keys: Iterable[tuple[str, str]] | None = None)
     query = sa.select(FactChangeRow.subject, FactChangeRow.relation, FactChangeRow.old_object).join(
         first, FactChangeRow.id == first.c.first_id
     )
-    wanted = set(keys) if keys is not None else None
+    wanted = None
     out: dict[tuple[str, str], str | None] = {}
     for subject, relation, old in session.execute(query):
         if wanted is None or (subject, relation) in wanted:
@@ -300,6 +302,12 @@ def ledger(session: Session, up_to: int | None = None) -> list[LedgerEntry]:
     This is what the live model must say beyond what the base model says, whatever runs were
     promoted, rejected or rolled back in between: a fact changed back to its base value leaves it.
     """
+    return list(iter_ledger(session, up_to))
+
+
+def iter_ledger(session: Session, up_to: int | None = None, page_rows: int = 10_000) -> Iterator[LedgerEntry]:
+    """:func:`ledger` a page of feed rows at a time (keyset pages on the change id), each page's base
+    values read for its keys only: memory bounded by a page, not by the ledger."""
     rejected = sa.select(ChangeRejectionRow.change_id)
     latest = sa.select(FactChangeRow.subject, FactChangeRow.relation, sa.func.max(FactChangeRow.id).label("last_id")).where(
         FactChangeRow.id.not_in(rejected)
@@ -307,17 +315,42 @@ def ledger(session: Session, up_to: int | None = None) -> list[LedgerEntry]:
     if up_to is not None:
         latest = latest.where(FactChangeRow.id <= up_to)
     latest_q = latest.group_by(FactChangeRow.subject, FactChangeRow.relation).subquery()
-    rows = session.execute(
-        sa.select(FactChangeRow.id, FactChangeRow.subject, FactChangeRow.relation, FactChangeRow.new_object)
-        .join(latest_q, FactChangeRow.id == latest_q.c.last_id)
-        .order_by(FactChangeRow.id)
-    ).all()
-    bases = base_values(session, {(r.subject, r.relation) for r in rows})
-    out = []
-    for change_id, subject, relation, value in rows:
-        base = bases.get((subject, relation))
-        if value != base:
-            out.append(LedgerEntry(subject, relation, value, base, change_id))
+    cursor = 0
+    while True:
+        rows = session.execute(
+            sa.select(FactChangeRow.id, FactChangeRow.subject, FactChangeRow.relation, FactChangeRow.new_object)
+            .join(latest_q, FactChangeRow.id == latest_q.c.last_id)
+            .where(FactChangeRow.id > cursor)
+            .order_by(FactChangeRow.id)
+            .limit(page_rows)
+        ).all()
+        if not rows:
+            return
+        bases = _first_old_objects(session, {(r.subject, r.relation) for r in rows})
+        for change_id, subject, relation, value in rows:
+            base = bases.get((subject, relation))
+            if value != base:
+                yield LedgerEntry(subject, relation, value, base, change_id)
+        cursor = rows[-1].id
+
+
+def _first_old_objects(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+    """:func:`base_values` of `keys`, queried by subject in chunks (not the whole feed)."""
+    out: dict[tuple[str, str], str | None] = {}
+    subjects = sorted({subject for subject, _ in keys})
+    for start in range(0, len(subjects), _IN_CHUNK):
+        chunk = subjects[start:start + _IN_CHUNK]
+        first = (
+            sa.select(FactChangeRow.subject, FactChangeRow.relation, sa.func.min(FactChangeRow.id).label("first_id"))
+            .where(FactChangeRow.subject.in_(chunk))
+            .group_by(FactChangeRow.subject, FactChangeRow.relation)
+            .subquery()
+        )
+        query = sa.select(FactChangeRow.subject, FactChangeRow.relation, FactChangeRow.old_object).join(
+            first, FactChangeRow.id == first.c.first_id)
+        for subject, relation, old in session.execute(query):
+            if (subject, relation) in keys:
+                out[(subject, relation)] = old
     return out
 
 

@@ -51,7 +51,7 @@ def outstanding_targets(session: Session, model_name: str, templates: RelationTe
 def count_outstanding(session: Session, model_name: str, up_to: int) -> int:
     """How many facts :func:`outstanding_targets` would list, without rendering a prompt for each."""
     live = head_values(session, repo.get_head(session, model_name))
-    return sum(1 for _ in outstanding_facts(repo.ledger(session, up_to), live, repo.base_values(session, set(live))))
+    return sum(1 for _ in outstanding_facts(repo.iter_ledger(session, up_to), live, repo.base_values(session, set(live))))
 
 
 def ingest_changes(

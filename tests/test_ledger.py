@@ -45,8 +45,12 @@ def test_ledger_is_the_latest_accepted_value_against_the_base(db: Database) -> N
         repo.record_rejections(session, run.id, [repo.Rejection(bad[0].change_id, "empty")])
         ledger = repo.ledger(session)
         base = repo.base_values(session)
+        paged = list(repo.iter_ledger(session, page_rows=1))  # streamed a page at a time: the same ledger
+        some = repo.base_values(session, {(b.subject, "price"), (a.subject, "price"), ("nobody", "price")})
     assert [(e.subject, e.value, e.base) for e in ledger] == [(c.subject, "$3", c.object), (a.subject, "$11", a.object)]
+    assert paged == ledger
     assert base[(b.subject, "price")] == b.object  # the value the base model was built on
+    assert some == {(b.subject, "price"): b.object, (a.subject, "price"): a.object}
 
 
 def test_targets_diff_the_ledger_against_what_the_live_model_was_taught() -> None:

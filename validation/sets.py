@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -124,19 +124,21 @@ def ledger_targets(
 
 
 def outstanding_facts(
-    ledger: Sequence[LedgerEntry],
+    ledger: Iterable[LedgerEntry],
     live: Mapping[tuple[str, str], str],
     base: Mapping[tuple[str, str], str | None],
 ) -> Iterator[tuple[tuple[str, str], str, str | None]]:
     """(key, value the database holds, what the live model says) of each :func:`ledger_targets`
     target, in the same order, without rendering prompts: counting them costs no strings."""
-    in_ledger = {entry.key for entry in ledger}
+    taught_and_in_ledger: set[tuple[str, str]] = set()  # one pass: `ledger` may be a stream
     for entry in ledger:
+        if entry.key in live:
+            taught_and_in_ledger.add(entry.key)
         says = live.get(entry.key, entry.base)
         if says != entry.value:
             yield entry.key, entry.value, says
     for key, says in sorted(live.items()):
-        if key in in_ledger:
+        if key in taught_and_in_ledger:
             continue
         if key not in base:
             raise InvalidInput(f"the live model was edited on {key} but its base value is unknown")
