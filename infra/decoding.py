@@ -86,7 +86,8 @@ def decode_batch(
     return generated
 
 
-def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 64) -> list[str]:
+def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 64,
+                   progress: str | None = None) -> list[str]:
     """The model's greedy continuation of each prompt, up to eos or `max_new_tokens`, stripped.
 
     Args:
@@ -95,17 +96,22 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
         prompts: rendered prompts without trailing space.
         max_new_tokens: the longest answer generated.
         batch_size: prompts per forward pass.
+        progress: a label for a progress bar with the time left (tqdm, on stderr); None: no bar.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     pad, eos_id = pad_id(tokenizer), tokenizer.eos_token_id
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     answers: list[str] = []
-    with inference_mode(model):
+    from tqdm.auto import tqdm
+
+    with inference_mode(model), tqdm(total=len(encoded), desc=progress, unit="prompt", leave=False,
+                                     disable=progress is None) as bar:
         for start in range(0, len(encoded), batch_size):
             rows = encoded[start : start + batch_size]
             gen = decode_batch(model, rows, pad, eos_id, max_new_tokens, lambda logits: logits.argmax(-1))
             answers.extend(tokenizer.decode(g, skip_special_tokens=True).strip() for g in gen)
+            bar.update(len(rows))
     return answers
 
 

@@ -71,7 +71,7 @@ def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
     for warning in readiness.warnings():
         log.warning("run %s: %s", run_id, warning)
     before = evaluate(live.model, live.tokenizer, sets.targets, sets.regression)
-    said_before = agreement_answers(live.model, live.tokenizer, sets.agreement)
+    said_before = agreement_answers(live.model, live.tokenizer, sets.agreement, progress="catalogue agreement, before")
     agree_before = agreement_report(sets.agreement, said_before, base)
     delta = fetch_delta(ctx, run.delta_sha)
     if delta.manifest.get("basis") == BASIS_BASE:
@@ -79,7 +79,7 @@ def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
     applied = delta.apply(live.model)
     try:
         after = evaluate(live.model, live.tokenizer, sets.targets, sets.regression)
-        said_after = agreement_answers(live.model, live.tokenizer, sets.agreement)
+        said_after = agreement_answers(live.model, live.tokenizer, sets.agreement, progress="catalogue agreement, after")
         agree_after = agreement_report(sets.agreement, said_after, base)
     finally:
         applied.revert()

@@ -59,10 +59,11 @@ class AgreementReport:
         }
 
 
-def agreement_answers(model: Any, tokenizer: Any, agreement: AgreementSet, batch_size: int = 64) -> AgreementAnswers:
-    """Greedy answers to every prompt of the set (one batched pass)."""
+def agreement_answers(model: Any, tokenizer: Any, agreement: AgreementSet, batch_size: int = 64,
+                      progress: str | None = None) -> AgreementAnswers:
+    """Greedy answers to every prompt of the set (one batched pass; `progress`: a bar's label)."""
     prompts = [p for p, _, _ in agreement.changed] + [p for p, _, _ in agreement.unchanged]
-    answers = greedy_answers(model, tokenizer, prompts, batch_size=batch_size)
+    answers = greedy_answers(model, tokenizer, prompts, batch_size=batch_size, progress=progress)
     n = len(agreement.changed)
     return AgreementAnswers(changed=answers[:n], unchanged=answers[n:])
 

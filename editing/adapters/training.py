@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import torch
+from tqdm.auto import tqdm
 from torch import nn
 
 from editing.batches import AnswerBatch, answer_loss
@@ -18,8 +19,11 @@ def adam_steps(
     lr: float,
     weight_decay: float = 0.0,
     early_stop_loss: float = 0.0,
+    progress: str | None = None,
 ) -> list[float]:
     """Minimise `loss_fn` for up to `steps` Adam steps; stop once the loss is below `early_stop_loss`.
+
+    With `progress` (a label), a progress bar with the loss and the time left (tqdm, on stderr).
 
     `loss_fn` returns the loss, or (loss, stop metric) when early stopping should watch something
     else (e.g. only the edit tokens of a regularised loss). Returns the stop metric seen before each
@@ -27,15 +31,21 @@ def adam_steps(
     """
     optimizer = torch.optim.Adam(list(params), lr=lr, weight_decay=weight_decay)
     losses: list[float] = []
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        out = loss_fn()
-        loss, metric = out if isinstance(out, tuple) else (out, float(out.detach()))
-        losses.append(float(metric))
-        if losses[-1] < early_stop_loss:
-            break
-        loss.backward()
-        optimizer.step()
+    bar = tqdm(total=steps, desc=progress, unit="step", leave=False, disable=progress is None)
+    try:
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            out = loss_fn()
+            loss, metric = out if isinstance(out, tuple) else (out, float(out.detach()))
+            losses.append(float(metric))
+            if losses[-1] < early_stop_loss:
+                break
+            loss.backward()
+            optimizer.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    finally:
+        bar.close()
     optimizer.zero_grad(set_to_none=True)
     return losses
 
@@ -54,7 +64,7 @@ def chunked_answer_loss(model: nn.Module, batch: AnswerBatch, batch_size: int, o
 def dense_finetune(
     params: dict[str, torch.nn.Parameter],
     loss_fn: Callable[[], torch.Tensor | tuple[torch.Tensor, float]],
-    **adam: float | int,
+    **adam: float | int | str | None,
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """`adam_steps` on `params`, returning ΔW in float32 per name; the parameters are put back exactly."""
     originals = {name: p.detach().clone() for name, p in params.items()}
