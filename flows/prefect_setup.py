@@ -42,7 +42,10 @@ def forward_service_logs() -> None:
 
 def configure_prefect(settings: Settings, quiet: bool = False) -> None:
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
-    forward_service_logs()
+    if os.environ.get("PREFECT_API_URL"):
+        forward_service_logs()  # a real server: its UI shows our lines in each run's logs
+    else:  # ephemeral: the server dies with this process and nobody reads its logs; flushing them
+        os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")  # to a stopped server stalls the exit
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

@@ -345,7 +345,7 @@ def test_sigterm_ends_a_refresh_promptly_marks_it_failed_and_frees_the_model(tmp
         stopped = time.monotonic()
         assert proc.wait(timeout=150) != 0
         print(f"exited {time.monotonic() - stopped:.1f} s after SIGTERM")
-        assert time.monotonic() - stopped < 120  # seconds on a loaded 2-core machine; the lease TTL is 2 hours
+        assert time.monotonic() - stopped < 60  # 4 s here when idle; the lease TTL it replaces is 2 hours
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -240,11 +240,18 @@ def test_second_refresh_builds_on_promoted_head_and_crashed_runs_are_redone(serv
     first = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
     assert cli_as("bob", ["approve", str(first), "--reason", "ok", "--override-validation"]) == 0
 
-    # a refresh cannot start while another waits for approval
+    # a refresh starts nothing while another waits for approval (and does not fail: it waits)
     _apply_changes(service, 2)
     second = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
-    with pytest.raises(InvalidState):
-        catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)
+    waiting = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT, return_state=True)
+    assert waiting.name == "WaitingForDecision" and waiting.result()["run_id"] is None
+    from tasks.ingest import ingest_changes
+
+    with service_context(service) as ctx:
+        with ctx.db.session() as session:
+            assert [r.id for r in repo.list_runs(session)] == [second, first]
+        with pytest.raises(InvalidState):  # the ingest step itself refuses, for callers without the flow
+            ingest_changes(ctx, "demo", "ft", "carol")
     assert cli_as("bob", ["reject", str(second), "--reason", "not today"]) == 0
 
     # a crashed run (stuck after its edit) is failed and its changes redone by the next refresh

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOYMENT = "edit-model/pool-test"
 SERVE = ("from flows.prefect_setup import forward_service_logs; forward_service_logs(); "
          "from flows.edit import edit_model; edit_model.serve(name='pool-test')")
-SILENCE = 12
+SILENCE = 45  # a worker's flow run process must import torch and load the model before its first beat
 
 
 def _wait(predicate, timeout: float, every: float = 0.5):  # noqa: ANN001, ANN202
