@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,22 @@ DEPLOYMENT = "edit-model/pool-test"
 SERVE = ("from flows.prefect_setup import forward_service_logs; forward_service_logs(); "
          "from flows.edit import edit_model; edit_model.serve(name='pool-test')")
 SILENCE = 45  # a worker's flow run process must import torch and load the model before its first beat
+
+
+def _kill_marked(mark: str) -> int:
+    """SIGKILL every process carrying `mark` in its environment: the worker and whatever it spawned,
+    whatever their process groups (the machine is gone)."""
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if mark.encode() in (entry / "environ").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+        except (OSError, ProcessLookupError):
+            continue
+    return killed
 
 
 def _wait(predicate, timeout: float, every: float = 0.5):  # noqa: ANN001, ANN202
@@ -57,9 +74,10 @@ def test_a_killed_edit_worker_fails_the_refresh_within_the_silence_and_the_next_
         repo.seed_facts(session, facts)
     _apply_swaps(settings)
 
+    mark = f"KUS_TEST_WORKER={uuid.uuid4().hex}"
     worker = subprocess.Popen([sys.executable, "-c", SERVE], cwd=ROOT, start_new_session=True,
                               env={**os.environ, **env, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-                                   "PYTHONPATH": str(ROOT)},
+                                   "PYTHONPATH": str(ROOT), mark.split("=")[0]: mark.split("=")[1]},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with get_client(sync_client=True) as client:
@@ -88,21 +106,21 @@ def test_a_killed_edit_worker_fails_the_refresh_within_the_silence_and_the_next_
 
                 forwarded.extend(_wait(service_logs, 120))
             time.sleep(2)  # the step is computing and beating
-            os.killpg(worker.pid, signal.SIGKILL)
+            assert _kill_marked(mark) >= 2  # the serving process and the flow run it started
             killed_at.append(time.monotonic())
 
         killer = threading.Thread(target=kill_when_editing, daemon=True)
         killer.start()
         long_edit = {"steps": 100000, "early_stop_loss": 0.0, "layers": [1], "lr": 0.001}
-        with pytest.raises(EditStepLost, match="went silent"):
+        with pytest.raises(EditStepLost, match="went silent"):  # nobody is left to report the crash
             catalogue_refresh(started_by="carol", hparams=long_edit)
         noticed = time.monotonic()
         killer.join(timeout=5)
         assert killed_at, "the edit step never started on the pool"
         assert noticed - killed_at[0] < SILENCE + 20  # not hung: ended within the silence (plus a poll)
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
+        _kill_marked(mark)  # nothing of the test's worker outlives it
+        worker.wait(timeout=30)
 
     with service_context(settings) as ctx:
         with ctx.db.session() as session:
