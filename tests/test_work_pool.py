@@ -77,7 +77,8 @@ def test_a_killed_edit_worker_fails_the_refresh_within_the_silence_and_the_next_
     mark = f"KUS_TEST_WORKER={uuid.uuid4().hex}"
     worker = subprocess.Popen([sys.executable, "-c", SERVE], cwd=ROOT, start_new_session=True,
                               env={**os.environ, **env, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-                                   "PYTHONPATH": str(ROOT), mark.split("=")[0]: mark.split("=")[1]},
+                                   "PYTHONPATH": str(ROOT), mark.split("=")[0]: mark.split("=")[1],
+                                   "PREFECT_LOGGING_TO_API_ENABLED": "true"},  # a worker of a real server
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with get_client(sync_client=True) as client:
@@ -91,6 +92,7 @@ def test_a_killed_edit_worker_fails_the_refresh_within_the_silence_and_the_next_
         monkeypatch.setenv("KUS_EDIT_DEPLOYMENT", DEPLOYMENT)
         killed_at: list[float] = []
         forwarded: list = []  # the service's log records the child run received
+        killed: list[int] = []
 
         def kill_when_editing() -> None:
             """Once the step computes and its own log lines reach the child run's logs, kill -9 its worker."""
@@ -104,10 +106,12 @@ def test_a_killed_edit_worker_fails_the_refresh_within_the_silence_and_the_next_
                     logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=runs))) if runs else []
                     return [e for e in logs if e.name.startswith("tasks.")]
 
-                forwarded.extend(_wait(service_logs, 120))
-            time.sleep(2)  # the step is computing and beating
-            assert _kill_marked(mark) >= 2  # the serving process and the flow run it started
-            killed_at.append(time.monotonic())
+                try:
+                    forwarded.extend(_wait(service_logs, 120))
+                    time.sleep(2)  # the step is computing and beating
+                finally:  # kill in any case: a test that waits for logs that never come must not hang
+                    killed.append(_kill_marked(mark))
+                    killed_at.append(time.monotonic())
 
         killer = threading.Thread(target=kill_when_editing, daemon=True)
         killer.start()
@@ -117,6 +121,7 @@ def test_a_killed_edit_worker_fails_the_refresh_within_the_silence_and_the_next_
         noticed = time.monotonic()
         killer.join(timeout=5)
         assert killed_at, "the edit step never started on the pool"
+        assert killed[0] >= 2  # the serving process and the flow run it started
         assert noticed - killed_at[0] < SILENCE + 20  # not hung: ended within the silence (plus a poll)
     finally:
         _kill_marked(mark)  # nothing of the test's worker outlives it
