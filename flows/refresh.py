@@ -23,7 +23,7 @@ from infra.audit import append_event
 from infra.context import current_user, service_context
 from infra.settings import Settings
 from tasks.evaluation_sets import build_sets_task
-from tasks.ingest import ingest_task
+from tasks.ingest import decision_pending, ingest_task
 from tasks.run_lease import end_lease
 from tasks.validate import request_approval_task, validate_task
 from flows.edit import edit_model
@@ -40,19 +40,6 @@ def run_starter(started_by: str | None) -> str:
     if deployment.get_id():
         return f"prefect-deployment:{deployment.get_name()}"
     return started_by or current_user()
-
-
-def decision_pending(model_name: str) -> str | None:
-    """Why a new refresh must wait: a run of `model_name` awaits a reviewer's decision (or its promotion)."""
-    with service_context() as ctx, ctx.db.session() as session:
-        for waiting in repo.open_runs(session, model_name):
-            if waiting.status == "awaiting_approval":
-                approved = any(a.decision == "approved" for a in repo.approvals_for(session, waiting.id))
-                return (f"run {waiting.id} for {model_name} was approved but not promoted; run `kus promote {waiting.id}`"
-                        if approved else
-                        f"run {waiting.id} for {model_name} awaits a reviewer's decision (`kus approve` or `kus reject`); "
-                        "this refresh starts nothing until then")
-    return None
 
 
 @flow(name="catalogue-refresh")
@@ -74,7 +61,8 @@ def catalogue_refresh(
         logger.warning("started_by=%r ignored: a deployment run is recorded as started by %s", started_by, starter)
     started_by = starter
     resolve_mode(parse_plan(editor), settings.edit_mode)  # an unknown editor or mode fails before anything is ingested
-    pending = decision_pending(model_name)
+    with service_context() as ctx, ctx.db.session() as session:
+        pending = decision_pending(session, model_name)
     if pending:  # not a failure: the previous run is with a reviewer
         logger.info(pending)
         return Completed(name="WaitingForDecision", message=pending,

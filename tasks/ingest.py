@@ -54,20 +54,27 @@ def count_outstanding(session: Session, model_name: str, up_to: int) -> int:
     return sum(1 for _ in outstanding_facts(repo.iter_ledger(session, up_to), live, repo.base_values(session, set(live))))
 
 
+def decision_pending(session: Session, model_name: str) -> str | None:
+    """Why a new refresh of `model_name` must wait: a run awaits a reviewer's decision (or its promotion)."""
+    for waiting in repo.open_runs(session, model_name):
+        if waiting.status == "awaiting_approval":
+            approved = any(a.decision == "approved" for a in repo.approvals_for(session, waiting.id))
+            return (f"run {waiting.id} for {model_name} was approved but not promoted; run `kus promote {waiting.id}`"
+                    if approved else
+                    f"run {waiting.id} for {model_name} awaits a reviewer's decision (`kus approve` or `kus reject`); "
+                    "a new refresh starts nothing until then")
+    return None
+
+
 def ingest_changes(
     ctx: ServiceContext, model_name: str, editor: str, started_by: str, flow_run_id: str | None = None
 ) -> IngestOutcome:
     """Open a refresh run over every new feed row and every outstanding fact, or explain why there is none."""
     templates = templates_for(ctx.settings)
     with ctx.db.session() as session:
-        for waiting in repo.open_runs(session, model_name):
-            if waiting.status == "awaiting_approval":
-                approved = any(a.decision == "approved" for a in repo.approvals_for(session, waiting.id))
-                raise InvalidState(
-                    f"run {waiting.id} for {model_name} was approved but not promoted; run `kus promote {waiting.id}`"
-                    if approved else
-                    f"run {waiting.id} for {model_name} awaits approval; approve or reject it before a new refresh"
-                )
+        pending = decision_pending(session, model_name)
+        if pending:
+            raise InvalidState(pending)
         leases.acquire(session, model_name, started_by, timedelta(seconds=ctx.settings.lease_ttl_seconds))
         # we hold the lease, so any run still open was abandoned: its lease expired or it never had one
         for stale in repo.open_runs(session, model_name):
