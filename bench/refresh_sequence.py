@@ -121,6 +121,7 @@ def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Pa
                 "ledger": ledger, "targets": outcome.outstanding, "seconds": round(seconds, 1),
                 "edited": len(load_sets(ctx, run_id).targets), "attempt": edit_event.get("attempt", 0),
                 "repair_facts": edit_event.get("repair_facts", 0),
+                "steps": sum(r.get("steps") or 0 for r in edit_event.get("routing", [])),
                 "edit_seconds": round(edit_seconds, 1),
                 "agreement_changed": agreement["changed"], "unchanged_kept": agreement["unchanged_kept"],
                 "agreement_unchanged": agreement["unchanged"],

@@ -163,8 +163,8 @@ def compute_delta(ctx: ServiceContext, run_id: int, editor_name: str | None = No
     editor_label = ",".join(sets.plan)
     hparams = {"plan": list(sets.plan), "editors": {name: asdict(hp) for name, hp in steps}} if len(steps) > 1 \
         else asdict(steps[0][1])
-    routing = [{"editor": s.editor, "given": len(s.given), "written_checked": len(s.written), "seconds": round(s.seconds, 2)}
-               for s in result.steps]
+    routing = [{"editor": s.editor, "given": len(s.given), "written_checked": len(s.written), "seconds": round(s.seconds, 2),
+                "steps": s.stats.get("steps")} for s in result.steps]
     delta = Delta.create(
         tensors, editor=editor_label, hparams=hparams, base_fingerprint=live.base_fingerprint,
         parent=sets.head, facts=facts_written, model=model, created_by=run.started_by,

@@ -121,6 +121,7 @@ def test_the_four_editors_are_registered_with_defaults_for_every_family() -> Non
         ("flearning", {"variant": "adalora"}, "variant must be one of"),
         ("elder", {"query_layer": 3, "layers": [1]}, "query_layer must be"),
         ("elder", {"top_k": 8}, "top_k must be"),
+        ("saul", {"steps": 10, "min_steps": 11}, "min_steps must be"),
     ],
 )
 def test_hyperparameters_are_validated(name: str, overrides: dict, message: str) -> None:
@@ -129,6 +130,20 @@ def test_hyperparameters_are_validated(name: str, overrides: dict, message: str)
 
 
 # --- pure math ----------------------------------------------------------------------------------
+
+
+def test_early_stopping_waits_for_min_steps() -> None:
+    """A stop metric below the threshold from the start ends training at once, unless `min_steps` asks
+    for more steps; those steps still move the weights by the full loss (the regulariser's chance)."""
+    from editing.adapters.training import adam_steps
+
+    for min_steps, expected in ((0, 0), (7, 7)):
+        weight = torch.nn.Parameter(torch.tensor([3.0]))
+        losses = adam_steps([weight], lambda: (weight.pow(2).sum(), 0.0), steps=20, lr=0.1,
+                            early_stop_loss=0.01, min_steps=min_steps)
+        # the metric is recorded before each step; the last entry is the one that stopped the loop
+        assert len(losses) - 1 == expected
+        assert (float(weight) < 3.0) == (expected > 0)
 
 
 def test_lora_factors_equal_peft_merged_update() -> None:

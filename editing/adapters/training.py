@@ -19,9 +19,15 @@ def adam_steps(
     lr: float,
     weight_decay: float = 0.0,
     early_stop_loss: float = 0.0,
+    min_steps: int = 0,
     progress: str | None = None,
 ) -> list[float]:
-    """Minimise `loss_fn` for up to `steps` Adam steps; stop once the loss is below `early_stop_loss`.
+    """Minimise `loss_fn` for up to `steps` Adam steps; stop once the loss is below `early_stop_loss`
+    and at least `min_steps` steps were taken.
+
+    `min_steps` matters for regularised losses: Adam's first steps are its largest, and a stop metric
+    that watches only the edit tokens can fire before the regulariser had any step to pull back what
+    those first steps disturbed.
 
     With `progress` (a label), a progress bar with the loss and the time left (tqdm, on stderr).
 
@@ -33,12 +39,12 @@ def adam_steps(
     losses: list[float] = []
     bar = tqdm(total=steps, desc=progress, unit="step", leave=False, disable=progress is None)
     try:
-        for _ in range(steps):
+        for step in range(steps):
             optimizer.zero_grad(set_to_none=True)
             out = loss_fn()
             loss, metric = out if isinstance(out, tuple) else (out, float(out.detach()))
             losses.append(float(metric))
-            if losses[-1] < early_stop_loss:
+            if losses[-1] < early_stop_loss and step >= min_steps:
                 break
             loss.backward()
             optimizer.step()

@@ -124,7 +124,7 @@ class SAULEditor:
             return loss, float(edit_loss.detach())
 
         adam = dict(steps=hparams.steps, lr=hparams.lr, weight_decay=hparams.weight_decay,
-                    early_stop_loss=hparams.early_stop_loss,
+                    early_stop_loss=hparams.early_stop_loss, min_steps=hparams.min_steps,
                     progress=f"saul: {len(requests)} edits" if context.show_progress else None)
         was_training = model.training
         model.eval()
