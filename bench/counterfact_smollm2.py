@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 OUT_DIR = RESULTS / "counterfact"
+SWEEP_DIR = OUT_DIR / "sweep"
 DATA = ROOT.parent / "shared" / "data" / "counterfact" / "counterfact-edit.json"
 METRICS = ("efficacy_tf", "efficacy_gen", "rephrase_tf", "rephrase_gen", "locality_tf", "locality_gen")
 
@@ -80,7 +81,10 @@ def score(model, tok, edited: list[dict], locality_before: dict[str, str], heldo
 
 
 def run_editor(name: str, model, tok, known: list[dict], heldout: list[str], args, base_ppl: float,
-               locality_before: dict[str, str]) -> list[dict]:
+               locality_before: dict[str, str], label: str | None = None, overrides: dict | None = None,
+               out_dir: Path = OUT_DIR) -> list[dict]:
+    """Edit `known` batch after batch with editor `name` (and `overrides`); a results line per batch
+    in `out_dir/<label>.jsonl`."""
     from tqdm import tqdm
 
     from editing.delta import Delta
@@ -91,17 +95,18 @@ def run_editor(name: str, model, tok, known: list[dict], heldout: list[str], arg
 
     base = weights_fingerprint(model)
     editor = get_editor(name)
-    hparams = hparams_for_model(name, model, json.loads(args.hparams) if args.hparams else None)
+    label = label or name
+    hparams = hparams_for_model(name, model, (json.loads(args.hparams) if args.hparams else {}) | (overrides or {}))
     cache = MemoryBlobCache()
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    out_path = OUT_DIR / f"{name}.jsonl"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_path = out_dir / f"{label}.jsonl"
     out_path.write_text("")
     handles, rows, carried = [], [], {}
     deadline = time.perf_counter() + args.minutes * 60
     edit_seconds = 0.0
     batches = [known[i:i + args.batch] for i in range(0, min(len(known), args.records), args.batch)]
     try:
-        for number, batch in enumerate(tqdm(batches, desc=name, unit="batch"), start=1):
+        for number, batch in enumerate(tqdm(batches, desc=label, unit="batch"), start=1):
             requests = [EditRequest(subject=r["subject"], relation=f"cf{r['case_id']}", prompt=r["prompt"],
                                     target_new=r["target_new"], target_true=r["ground_truth"],
                                     paraphrases=()) for r in batch]
@@ -116,19 +121,40 @@ def run_editor(name: str, model, tok, known: list[dict], heldout: list[str], arg
             edit_seconds += time.perf_counter() - started
             carried = result.state or carried
             edited = [r for b in batches[:number] for r in b]
-            row = {"editor": name, "batch": number, "edits": len(edited), "batch_size": args.batch,
+            row = {"editor": name, "label": label, "overrides": overrides or {}, "batch": number, "edits": len(edited), "batch_size": args.batch,
                    "edit_seconds": round(edit_seconds, 1), **score(model, tok, edited, locality_before, heldout[:len(heldout) // 2], base_ppl)}
             rows.append(row)
             with out_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             if time.perf_counter() > deadline:
-                print(f"{name}: stopped after {len(edited)} edits ({args.minutes} minutes)")
+                print(f"{label}: stopped after {len(edited)} edits ({args.minutes} minutes)")
                 break
     finally:
         for handle in reversed(handles):
             handle.revert()
     assert weights_fingerprint(model) == base, "reverting every delta must restore the base bit for bit"
     return rows
+
+
+def sweep_report() -> None:
+    """The candidates' table: how the per-model defaults were chosen."""
+    from series_files import read_series
+
+    lines = ["# CounterFact on SmolLM2-135M-Instruct: candidate settings per editor (2-core CPU)", "",
+             "Each candidate edits the same first known records (one sequence of batches); scores after the last "
+             "batch, as in `counterfact_smollm2.md`. Command: the `--candidates` form of `bench/counterfact_smollm2.py` "
+             "(see `counterfact_smollm2_notes.md`).", "",
+             "| candidate | editor | overrides | edits | efficacy tf / gen | rephrase tf / gen | locality tf / gen | "
+             "perplexity drift | s per edit |",
+             "|---|---|---|---:|---|---|---|---:|---:|"]
+    for label, rows in read_series(SWEEP_DIR).items():
+        r = rows[-1]
+        lines.append(f"| {label} | {r['editor']} | `{json.dumps(r.get('overrides', {}))}` | {r['edits']} | "
+                     f"{r['efficacy_tf']:.2f} / {r['efficacy_gen']:.2f} | {r['rephrase_tf']:.2f} / {r['rephrase_gen']:.2f} | "
+                     f"{r['locality_tf']:.2f} / {r['locality_gen']:.2f} | {r['perplexity_drift']:+.3f} | "
+                     f"{r['edit_seconds'] / r['edits']:.2f} |")
+    (RESULTS / "counterfact_smollm2_sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def report() -> None:
@@ -179,10 +205,15 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="per editor; stops after the batch that passes it")
     parser.add_argument("--hparams", default=None, help="JSON overrides for every editor")
     parser.add_argument("--corpus", action="store_true", help="give the editors generic text (unedited records' sentences)")
+    parser.add_argument("--candidates", default=None,
+                        help='JSON {label: {"_editor": name, hyperparameter: value, ...}}: a settings sweep, '
+                             "results in counterfact/sweep/ and counterfact_smollm2_sweep.md")
     parser.add_argument("--report", action="store_true", help="only write the table and plot from the results files")
     args = parser.parse_args()
     if args.report:
         report()
+        if SWEEP_DIR.is_dir():
+            sweep_report()
         return
 
     import torch
@@ -205,6 +236,13 @@ def main() -> None:
     base_ppl = perplexity(model, tok, heldout[: len(heldout) // 2])
     prompts = [r["locality_prompt"] for r in known[: args.records]]
     locality_before = dict(zip(prompts, greedy_answers(model, tok, prompts, max_new_tokens=4)))
+    if args.candidates:
+        for label, spec in json.loads(args.candidates).items():
+            overrides = {k: v for k, v in spec.items() if k != "_editor"}
+            run_editor(spec["_editor"], model, tok, known, heldout, args, base_ppl, locality_before,
+                       label=label, overrides=overrides, out_dir=SWEEP_DIR)
+            sweep_report()
+        return
     for name in [e.strip() for e in args.editors.split(",") if e.strip()]:
         run_editor(name, model, tok, known, heldout, args, base_ppl, locality_before)
     report()
