@@ -16,12 +16,13 @@ from prefect.cache_policies import NO_CACHE
 from infra import repository as repo
 from infra.audit import append_event
 from infra.context import ServiceContext, service_context
-from infra.errors import InvalidState
+from infra.errors import InvalidState, NotFound
 from tasks.live_model import BASIS_BASE, LiveModel, fetch_delta, load_live_model
 from tasks.run_lease import heartbeat, keep_lease
-from tasks.run_artifacts import load_sets, put_json
+from tasks.run_artifacts import get_bytes, load_sets, put_bytes, put_json
 from validation.agreement import (AgreementAnswers, agreement_answers, agreement_report, agreement_rows,
                                   base_readiness, knowledge_diff)
+from validation.answer_memo import AnswerMemo
 from validation.evaluate import efficacy_by_relation, evaluate, retention_table
 from validation.sets import AgreementSet
 
@@ -29,6 +30,25 @@ log = logging.getLogger(__name__)
 
 #: Run file: every catalogue fact of the agreement set whose answer the edit changes (`knowledge_diff`).
 KNOWLEDGE_DIFF_FILE = "knowledge_diff.json"
+#: Run file: every answer the candidate (live model + the run's delta) gave during evaluation. Once the
+#: delta is promoted the candidate is the live model, and the next run's "before" pass starts from it.
+ANSWERS_AFTER_FILE = "answers_after.json"
+
+
+def head_answers(ctx: ServiceContext, head: str | None) -> tuple[AnswerMemo, int | None]:
+    """What the live model at `head` already answered, and the run that asked: the head delta's own
+    run evaluated exactly these weights as its "after" (a verified run file: a changed file is
+    refused, never trusted). Empty for the base model or a run that left no such file."""
+    if head is None:
+        return AnswerMemo(), None
+    with ctx.db.session() as session:
+        run_id = repo.get_delta(session, head).manifest.get("run_id")
+    if run_id is None:
+        return AnswerMemo(), None
+    try:
+        return AnswerMemo.from_bytes(get_bytes(ctx, int(run_id), ANSWERS_AFTER_FILE)), int(run_id)
+    except NotFound:
+        return AnswerMemo(), None
 
 
 def json_safe(value: Any) -> Any:
@@ -70,19 +90,27 @@ def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
     readiness = base_readiness(sets.agreement, base)
     for warning in readiness.warnings():
         log.warning("run %s: %s", run_id, warning)
-    before = evaluate(live.model, live.tokenizer, sets.targets, sets.regression)
-    said_before = agreement_answers(live.model, live.tokenizer, sets.agreement, progress="catalogue agreement, before")
+    memo_before, head_run = head_answers(ctx, sets.head)
+    before = evaluate(live.model, live.tokenizer, sets.targets, sets.regression, memo=memo_before)
+    said_before = agreement_answers(live.model, live.tokenizer, sets.agreement, progress="catalogue agreement, before",
+                                    memo=memo_before)
+    if head_run is not None:
+        log.info("run %s: %d of %d questions to the live model answered from run %s's evaluation; %d computed",
+                 run_id, memo_before.asked - memo_before.computed, memo_before.asked, head_run, memo_before.computed)
     agree_before = agreement_report(sets.agreement, said_before, base)
     delta = fetch_delta(ctx, run.delta_sha)
     if delta.manifest.get("basis") == BASIS_BASE:
         live.reverted_to_base()  # a cumulative delta replaces the chain: after = base + this delta
     applied = delta.apply(live.model)
+    memo_after = AnswerMemo()
     try:
-        after = evaluate(live.model, live.tokenizer, sets.targets, sets.regression)
-        said_after = agreement_answers(live.model, live.tokenizer, sets.agreement, progress="catalogue agreement, after")
+        after = evaluate(live.model, live.tokenizer, sets.targets, sets.regression, memo=memo_after)
+        said_after = agreement_answers(live.model, live.tokenizer, sets.agreement, progress="catalogue agreement, after",
+                                       memo=memo_after)
         agree_after = agreement_report(sets.agreement, said_after, base)
     finally:
         applied.revert()
+    put_bytes(ctx, run_id, ANSWERS_AFTER_FILE, memo_after.to_bytes())
     table = retention_table(before, after)
     table = pd.concat([table, pd.DataFrame(agreement_rows(agree_before, agree_after), columns=table.columns)],
                       ignore_index=True)

@@ -24,7 +24,7 @@ from infra import repository as repo
 from infra.context import service_context
 from infra.demo.changes import next_change_batch
 from infra.domain import Fact
-from infra.errors import ApprovalRequired, InvalidState, PermissionDenied
+from infra.errors import ApprovalRequired, IntegrityMismatch, InvalidState, PermissionDenied
 from infra.settings import Settings
 from infra.signing import generate_key, register_reviewer_key, write_private_key
 from tasks.live_model import load_live_model
@@ -267,6 +267,27 @@ def test_second_refresh_builds_on_promoted_head_and_crashed_runs_are_redone(serv
         delta = repo.get_delta(session, str(run.delta_sha))
         first_delta = repo.get_run(session, first).delta_sha
     assert delta.parent_sha == first_delta  # built on the promoted head, not on the base
+    # its "before" pass started from what the first run's candidate (now the live model) answered, and
+    # is what a pass computed afresh on the live model gives
+    import pandas as pd
+
+    from tasks.evaluate import ANSWERS_AFTER_FILE, head_answers
+    from tasks.run_artifacts import get_json, load_sets
+    from validation.evaluate import evaluate
+
+    with service_context(service) as ctx:
+        memo, source = head_answers(ctx, first_delta)
+        assert source == first and memo.greedy and memo.scores
+        sets = load_sets(ctx, third["run_id"])
+        live = load_live_model(ctx, head=sets.head)
+        fresh = evaluate(live.model, live.tokenizer, sets.targets, sets.regression)
+        stored = pd.DataFrame(get_json(ctx, third["run_id"], "evaluation_rows_before.json"))
+        pd.testing.assert_frame_equal(stored[list(fresh.rows.columns)], fresh.rows, check_dtype=False)
+        # a changed answers file is refused, not trusted
+        key = f"runs/{first}/{ANSWERS_AFTER_FILE}"
+        ctx.store.put_blob(key, ctx.store.get_blob(key).replace(b'"$', b'"#'))
+        with pytest.raises(IntegrityMismatch):
+            head_answers(ctx, first_delta)
     assert cli_as("alice", ["approve", str(third["run_id"]), "--reason", "ok", "--override-validation"]) == 0
     with service_context(service) as ctx:
         live = load_live_model(ctx)

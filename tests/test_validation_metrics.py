@@ -6,6 +6,7 @@ import copy
 import math
 from datetime import datetime, timedelta
 
+import pandas as pd
 import pytest
 import torch
 
@@ -314,6 +315,39 @@ def test_evaluate_scores_targets_and_regression_items(evaluations, edit_case):
         sel = after.rows[after.rows["kind"] == kind]
         assert after.summary[metric] == pytest.approx(sel["gen_correct"].mean())
         assert (sel["gen_correct"] == (sel["greedy"] == sel["expected"])).all()
+
+
+def test_an_answer_memo_serves_a_second_evaluation_of_the_same_model_without_a_forward_pass(lm, evaluations, edit_case):
+    """What a model state answered once is answered from the memo (also after a round trip through
+    bytes): the evaluation is the same and the model is never called; a new question is computed."""
+    from validation.answer_memo import AnswerMemo
+
+    model, tok = lm
+    targets, regression = edit_case
+    before, _ = evaluations
+    memo = AnswerMemo()
+    first = evaluate(model, tok, targets, regression, memo=memo)
+    assert memo.computed == memo.asked > 0
+    pd.testing.assert_frame_equal(first.rows, before.rows)
+    assert first.summary == pytest.approx(before.summary, nan_ok=True)
+
+    stored = AnswerMemo.from_bytes(memo.to_bytes())
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        again = evaluate(model, tok, targets, regression, memo=stored)
+    finally:
+        hook.remove()
+    assert calls == [] and stored.computed == 0 and stored.asked == memo.asked
+    pd.testing.assert_frame_equal(again.rows, first.rows)
+    assert again.summary == pytest.approx(first.summary, nan_ok=True)
+
+    extra = AnswerMemo.from_bytes(memo.to_bytes())
+    other = build_target_set([change(1, "Acme X100", "colour", "red", "blue", 0)], TEMPLATES)
+    fresh = evaluate(model, tok, other, regression)
+    pd.testing.assert_frame_equal(evaluate(model, tok, other, regression, memo=extra).rows, fresh.rows)
+    assert 0 < extra.computed < extra.asked
+    assert AnswerMemo.from_bytes(b"not a memo").greedy == {}
 
 
 def test_retention_table_derives_values_from_real_evaluations(evaluations):

@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.decoding import greedy_answers
+from validation.answer_memo import AnswerMemo
 from validation.sets import AgreementSet
 
 #: Rows of the retention table (metric, before, after, change) the agreement adds.
 AGREEMENT_METRICS = ("agreement_changed", "agreement_unchanged", "unchanged_kept")
 #: Disagreeing changed facts listed in a report (the counts are always complete).
 MAX_LISTED = 50
+#: the longest greedy answer of an agreement question (greedy_answers' default, shared with evaluation)
+AGREEMENT_ANSWER_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,13 @@ class AgreementReport:
 
 
 def agreement_answers(model: Any, tokenizer: Any, agreement: AgreementSet, batch_size: int = 64,
-                      progress: str | None = None) -> AgreementAnswers:
-    """Greedy answers to every prompt of the set (one batched pass; `progress`: a bar's label)."""
+                      progress: str | None = None, memo: AnswerMemo | None = None) -> AgreementAnswers:
+    """Greedy answers to every prompt of the set (one batched pass over what `memo`, the model
+    state's earlier answers, lacks; `progress`: a bar's label)."""
     prompts = [p for p, _, _ in agreement.changed] + [p for p, _, _ in agreement.unchanged]
-    answers = greedy_answers(model, tokenizer, prompts, batch_size=batch_size, progress=progress)
+    memo = memo if memo is not None else AnswerMemo()
+    answers = memo.greedy_answers(prompts, AGREEMENT_ANSWER_TOKENS, lambda todo: greedy_answers(
+        model, tokenizer, todo, max_new_tokens=AGREEMENT_ANSWER_TOKENS, batch_size=batch_size, progress=progress))
     n = len(agreement.changed)
     return AgreementAnswers(changed=answers[:n], unchanged=answers[n:])
 

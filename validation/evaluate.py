@@ -34,6 +34,7 @@ import pandas as pd
 
 from infra.domain import EditRequest
 from infra.errors import InvalidInput
+from validation.answer_memo import AnswerMemo
 from validation.fluency import ngram_entropy
 from validation.scoring import answer_scores, generate_texts, greedy_answers, perplexity
 from validation.sets import RegressionSet
@@ -97,6 +98,7 @@ def evaluate(
     max_new_tokens: int = 8,
     generation_tokens: int = 40,
     seed: int = 0,
+    memo: AnswerMemo | None = None,
 ) -> Evaluation:
     """Score `model` on `targets` (efficacy, paraphrase) and `regression` (everything else).
 
@@ -109,7 +111,10 @@ def evaluate(
         max_new_tokens: longest greedy answer.
         generation_tokens: length of the sampled texts for fluency.
         seed: sampling seed for fluency.
+        memo: what this model state already answered (see :mod:`validation.answer_memo`); only
+            what it lacks is computed, and it is filled in.
     """
+    memo = memo if memo is not None else AnswerMemo()
     # items: (kind, prompt, expected, competitors or None -> argmax criterion)
     items: list[tuple[str, str, str, list[str] | None]] = []
     for t in targets:
@@ -122,19 +127,19 @@ def evaluate(
     items.extend(("unrelated", prompt, true, None) for prompt, true in regression.unrelated)
 
     prompts = [it[1] for it in items]
-    greedy = greedy_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    greedy = memo.greedy_answers(prompts, max_new_tokens, lambda todo: greedy_answers(
+        model, tokenizer, todo, max_new_tokens=max_new_tokens, batch_size=batch_size))
 
     # every (prompt, answer) pair to score, deduplicated, in one batched call
     pairs: dict[tuple[str, str], int] = {}
     for _, prompt, expected, competitors in items:
         for ans in [expected] + (competitors or []):
             pairs.setdefault((prompt, ans), len(pairs))
-    keys = list(pairs)
-    if keys:
-        nll_t, exact_t = answer_scores(model, tokenizer, [k[0] for k in keys], [k[1] for k in keys], batch_size)
-        nll, exact = nll_t.tolist(), exact_t.tolist()
-    else:
-        nll, exact = [], []
+    def score(todo: list[tuple[str, str]]) -> tuple[list[float], list[bool]]:
+        nll_t, exact_t = answer_scores(model, tokenizer, [k[0] for k in todo], [k[1] for k in todo], batch_size)
+        return nll_t.tolist(), [bool(e) for e in exact_t.tolist()]
+
+    nll, exact = memo.answer_scores(list(pairs), score)
 
     records = []
     for (kind, prompt, expected, competitors), answer in zip(items, greedy):
@@ -159,19 +164,14 @@ def evaluate(
         "neighbourhood_tf": mean("neighbourhood", "tf_correct"),
         "neighbourhood_gen": mean("neighbourhood", "gen_correct"),
         "unrelated_gen": mean("unrelated", "gen_correct"),
-        "perplexity": perplexity(model, tokenizer, regression.heldout_text, batch_size=max(1, batch_size // 2))
+        "perplexity": memo.figure("perplexity", list(regression.heldout_text), lambda: perplexity(
+            model, tokenizer, regression.heldout_text, batch_size=max(1, batch_size // 2)))
         if _has_scorable_text(tokenizer, regression.heldout_text)
         else math.nan,
-        "fluency": ngram_entropy(
-            generate_texts(
-                model,
-                tokenizer,
-                regression.generation_prompts,
-                max_new_tokens=generation_tokens,
-                seed=seed,
-                batch_size=max(1, batch_size // 2),
-            )
-        )
+        "fluency": memo.figure("fluency", [list(regression.generation_prompts), generation_tokens, seed],
+                               lambda: ngram_entropy(generate_texts(
+                                   model, tokenizer, regression.generation_prompts, max_new_tokens=generation_tokens,
+                                   seed=seed, batch_size=max(1, batch_size // 2))))
         if regression.generation_prompts
         else math.nan,
     }
