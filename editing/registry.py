@@ -68,6 +68,7 @@ def _load_builtin() -> None:
     import editing.saul  # noqa: F401
     import editing.flearning  # noqa: F401
     import editing.elder  # noqa: F401
+    import editing.ultraedit  # noqa: F401
 
 
 def editor_names() -> list[str]:
