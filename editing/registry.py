@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from editing.protocol import Editor
 from infra.errors import InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,18 @@ def resolve_hparams(name: str, profile: str, overrides: Mapping[str, Any] | None
 
 
 def hparams_for_model(name: str, model: Any, overrides: Mapping[str, Any] | None = None) -> Any:
-    """`resolve_hparams` for a loaded model: its profile (`editing.architecture.profile_of`) and depth."""
-    from editing.architecture import num_layers, profile_of
+    """`resolve_hparams` for a loaded model: its profile (`editing.architecture.profile_of`) and depth.
 
-    return resolve_hparams(name, profile_of(model), overrides, depth=num_layers(model))
+    A model that names its own profile (e.g. "smollm2", set by `kus models pull`) gets the editor's
+    defaults measured on it; an editor not yet measured there falls back to the model's family
+    (the papers' values), and the log says so.
+    """
+    from editing.architecture import family_of, num_layers, profile_of
+
+    profile = profile_of(model)
+    if profile not in defaults_table(name):
+        family = family_of(model)
+        if profile != family and family in defaults_table(name):
+            log.info("%s has no defaults measured on profile %r; using the %r family's", name, profile, family)
+            profile = family
+    return resolve_hparams(name, profile, overrides, depth=num_layers(model))

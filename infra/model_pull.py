@@ -47,6 +47,8 @@ class ModelSource:
     distribution: str  # the name on the package registry
     gguf_file: str
     summary: str
+    #: the editor-defaults profile written into the config (`kus_profile`): defaults measured on this model
+    profile: str
 
 
 SOURCES = {
@@ -57,6 +59,7 @@ SOURCES = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         summary="SmolLM2-135M-Instruct (LLaMA architecture: 30 layers, width 576, 134.5 M parameters; Apache-2.0), "
                 "Q4_1 weights dequantized to float32",
+        profile="smollm2",
     ),
 }
 
@@ -93,6 +96,17 @@ def _gguf_path(source: ModelSource) -> Path:
     return path
 
 
+def _name_profile(config_path: Path, profile: str) -> None:
+    """Write `kus_profile` into a model's config.json (atomically) unless it already says so."""
+    config = json.loads(config_path.read_text())
+    if config.get("kus_profile") == profile:
+        return
+    config["kus_profile"] = profile
+    staging = config_path.with_name(config_path.name + ".tmp")
+    staging.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    os.replace(staging, config_path)
+
+
 def read_record(path: Path) -> dict | None:
     record = path / RECORD_FILE
     return json.loads(record.read_text()) if record.is_file() else None
@@ -110,6 +124,7 @@ def pull_model(name: str, dest: Path, force: bool = False) -> PulledModel:
     existing = read_record(dest)
     if existing and not force:
         if existing.get("source_sha256") == sha and (dest / "model.safetensors").is_file():
+            _name_profile(dest / "config.json", source.profile)  # conversions made before profiles existed
             return PulledModel(name, dest, sha, existing["fingerprint"], existing["n_params"],
                                time.perf_counter() - started, reused=True)
         raise InvalidInput(f"{dest} holds another conversion ({existing.get('source_sha256', '?')[:12]}); "
@@ -129,6 +144,7 @@ def pull_model(name: str, dest: Path, force: bool = False) -> PulledModel:
     plain.load_state_dict(quantized.state_dict(), strict=True)
     plain.tie_weights()
     plain.eval()
+    plain.config.kus_profile = source.profile  # editors pick the defaults measured on this model
     del quantized
     fingerprint = weights_fingerprint(plain)
     n_params = sum(p.numel() for p in plain.parameters())

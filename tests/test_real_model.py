@@ -44,6 +44,8 @@ def test_pull_writes_a_safetensors_model_with_its_provenance_and_is_kept(pulled)
     assert record["source_sha256"] == pulled.source_sha256 and len(pulled.source_sha256) == 64
     assert record["fingerprint"] == pulled.fingerprint
     assert 130_000_000 < record["n_params"] < 140_000_000
+    # its config names the editor defaults measured on it
+    assert json.loads((pulled.path / "config.json").read_text())["kus_profile"] == "smollm2"
     again = pull_model("smollm2-135m", pulled.path)
     assert again.reused and again.fingerprint == pulled.fingerprint
     with pytest.raises(InvalidInput, match="unknown model"):
@@ -62,6 +64,13 @@ def test_the_loaded_model_is_the_recorded_one_and_knows_a_real_fact(pulled, smol
     model, tokenizer = smollm
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30
     assert weights_fingerprint(model) == pulled.fingerprint
+    from editing.architecture import profile_of
+    from editing.registry import defaults_table, editor_names, hparams_for_model, resolve_hparams
+
+    assert profile_of(model) == "smollm2"
+    for name in editor_names():  # measured defaults where they exist, else the llama family's
+        expected = "smollm2" if "smollm2" in defaults_table(name) else "llama"
+        assert hparams_for_model(name, model) == resolve_hparams(name, expected, depth=30), name
     assert greedy_answers(model, tokenizer, [PROMPT], max_new_tokens=3)[0].startswith(TRUE)
 
 
@@ -76,7 +85,7 @@ def test_one_edit_changes_the_answer_and_reverts_bit_for_bit(smollm) -> None:
     before = weights_fingerprint(model)
     request = EditRequest(subject="Danielle Darrieux", relation="language", prompt=PROMPT, target_new=NEW,
                           target_true=TRUE)
-    hparams = hparams_for_model("lora", model)  # the llama defaults
+    hparams = hparams_for_model("lora", model)  # the llama family's defaults (none measured on SmolLM2 yet)
     result = get_editor("lora").compute(model, tokenizer, [request], hparams)
     assert weights_fingerprint(model) == before, "compute must not touch the model"
     delta = Delta.create(result.tensors, editor="lora", hparams={}, base_fingerprint=before, parent=None,
