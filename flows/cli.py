@@ -350,6 +350,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from tasks.evaluate import base_answers
     from tasks.live_model import load_live_model
     from validation.agreement import base_readiness
+    from validation.answer_match import answer_match_for
     from validation.sets import build_agreement_set
 
     templates = templates_for(settings)
@@ -358,7 +359,8 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
             facts, ledger = repo.accepted_facts(session), repo.ledger(session)
         agreement = build_agreement_set(facts, ledger, templates, sample_size=args.sample or settings.agreement_sample)
         live = load_live_model(ctx, args.model)
-        readiness = base_readiness(agreement, base_answers(ctx, live, agreement))
+        readiness = base_readiness(agreement, base_answers(ctx, live, agreement),
+                                   answer_match_for(ctx.settings.answer_match, live.model))
     table = Table("relation", "sampled", "base model right", "share", title=f"does base model {settings.model_name} "
                   f"({settings.model_path}) know the catalogue?")
     for relation, (right, n) in readiness.by_relation.items():

@@ -68,6 +68,8 @@ class Settings:
     agreement_sample: int = 1000
     #: the most facts one refresh edits; the rest stay outstanding (in feed order) for the next refreshes
     max_targets: int = 500
+    #: when a greedy answer states a database value: auto | exact | leading (validation/answer_match.py)
+    answer_match: str = "auto"
     #: Prefect deployment that runs the edit step on a GPU work pool ("edit-model/gpu"); None = in process.
     edit_deployment: str | None = None
     reviewers: tuple[str, ...] = ("demo-reviewer",)
@@ -153,6 +155,7 @@ class Settings:
             "KUS_STATS_CORPUS": "stats_corpus_path",
             "KUS_AGREEMENT_SAMPLE": "agreement_sample",
             "KUS_MAX_TARGETS": "max_targets",
+            "KUS_ANSWER_MATCH": "answer_match",
             "KUS_SIGNING_KEY": "signing_key_path",
             "KUS_LEASE_TTL": "lease_ttl_seconds",
             "KUS_HEARTBEAT": "heartbeat_seconds",
@@ -220,6 +223,8 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             raise InvalidInput(f"{name} must be >= {minimum}")
     if out.get("anchor_lock_mode") is not None and out["anchor_lock_mode"] not in ("COMPLIANCE", "GOVERNANCE"):
         raise InvalidInput(f"anchor_lock_mode must be COMPLIANCE or GOVERNANCE, got {out['anchor_lock_mode']!r}")
+    if out.get("answer_match") is not None and out["answer_match"] not in ("auto", "exact", "leading"):
+        raise InvalidInput(f"answer_match must be auto, exact or leading, got {out['answer_match']!r}")
     if out.get("edit_mode") is not None and out["edit_mode"] not in EDIT_MODES:
         raise InvalidInput(f"edit_mode must be one of {EDIT_MODES}, got {out['edit_mode']!r}")
     if out.get("s3_checksums") not in (None, "when_required", "when_supported"):

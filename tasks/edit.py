@@ -31,6 +31,7 @@ from tasks.catalogue_inputs import statistics_corpus_for, templates_for
 from tasks.live_model import BASIS_BASE, head_values, load_live_model
 from tasks.run_lease import heartbeat, keep_lease
 from tasks.run_artifacts import load_sets
+from validation.answer_match import answer_match_for
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +79,16 @@ def fact_pool(
     if model is None or not items:
         return Rehearsal(keep=tuple((p, value) for p, _, value in items))
     said = greedy_answers(model, tokenizer, [p for p, _, _ in items])
+    match = answer_match_for(ctx.settings.answer_match, model)
     # the live model should say the database value of these (nothing outstanding) but does not
     drifted = [i for i, (_, key, value) in enumerate(items)
-               if said[i] != value and taught.get(key, base_value.get(key, value)) == value]
+               if not match(said[i], value) and taught.get(key, base_value.get(key, value)) == value]
     repaired = {i for i in drifted if items[i][1] in taught}
     unchanged = [i for i in drifted if i not in repaired]
     if unchanged and at_base is not None:
         with at_base():
             base_said = greedy_answers(model, tokenizer, [items[i][0] for i in unchanged])
-        repaired |= {i for i, b in zip(unchanged, base_said) if b == items[i][2]}
+        repaired |= {i for i, b in zip(unchanged, base_said) if match(b, items[i][2])}
     keep = tuple((p, s) for i, ((p, _, _), s) in enumerate(zip(items, said)) if s and i not in repaired)
     repair = tuple((items[i][0], items[i][2]) for i in sorted(repaired))
     if repair:

@@ -22,6 +22,7 @@ from tasks.run_lease import heartbeat, keep_lease
 from tasks.run_artifacts import get_bytes, load_sets, put_bytes, put_json
 from validation.agreement import (AgreementAnswers, agreement_answers, agreement_report, agreement_rows,
                                   base_readiness, knowledge_diff)
+from validation.answer_match import answer_match_for
 from validation.answer_memo import AnswerMemo
 from validation.evaluate import efficacy_by_relation, evaluate, retention_table
 from validation.sets import AgreementSet
@@ -87,27 +88,28 @@ def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
     sets = load_sets(ctx, run_id)
     live = load_live_model(ctx, run.model_name, head=sets.head)
     base = base_answers(ctx, live, sets.agreement)
-    readiness = base_readiness(sets.agreement, base)
+    match = answer_match_for(ctx.settings.answer_match, live.model)
+    readiness = base_readiness(sets.agreement, base, match)
     for warning in readiness.warnings():
         log.warning("run %s: %s", run_id, warning)
     memo_before, head_run = head_answers(ctx, sets.head)
-    before = evaluate(live.model, live.tokenizer, sets.targets, sets.regression, memo=memo_before)
+    before = evaluate(live.model, live.tokenizer, sets.targets, sets.regression, memo=memo_before, match=match)
     said_before = agreement_answers(live.model, live.tokenizer, sets.agreement, progress="catalogue agreement, before",
                                     memo=memo_before)
     if head_run is not None:
         log.info("run %s: %d of %d questions to the live model answered from run %s's evaluation; %d computed",
                  run_id, memo_before.asked - memo_before.computed, memo_before.asked, head_run, memo_before.computed)
-    agree_before = agreement_report(sets.agreement, said_before, base)
+    agree_before = agreement_report(sets.agreement, said_before, base, match)
     delta = fetch_delta(ctx, run.delta_sha)
     if delta.manifest.get("basis") == BASIS_BASE:
         live.reverted_to_base()  # a cumulative delta replaces the chain: after = base + this delta
     applied = delta.apply(live.model)
     memo_after = AnswerMemo()
     try:
-        after = evaluate(live.model, live.tokenizer, sets.targets, sets.regression, memo=memo_after)
+        after = evaluate(live.model, live.tokenizer, sets.targets, sets.regression, memo=memo_after, match=match)
         said_after = agreement_answers(live.model, live.tokenizer, sets.agreement, progress="catalogue agreement, after",
                                        memo=memo_after)
-        agree_after = agreement_report(sets.agreement, said_after, base)
+        agree_after = agreement_report(sets.agreement, said_after, base, match)
     finally:
         applied.revert()
     put_bytes(ctx, run_id, ANSWERS_AFTER_FILE, memo_after.to_bytes())
@@ -121,7 +123,7 @@ def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
     put_json(ctx, run_id, "evaluation_rows_after.json", after.rows.to_dict(orient="records"))
     put_json(ctx, run_id, "retention_table.json", records)
     put_json(ctx, run_id, "agreement.json", agreement)
-    diff = knowledge_diff(sets.agreement, said_before, said_after)
+    diff = knowledge_diff(sets.agreement, said_before, said_after, match)
     put_json(ctx, run_id, KNOWLEDGE_DIFF_FILE, diff)
     not_written = {rel: len(e["not_written"]) for rel, e in by_relation.items() if e["not_written"]}
     with ctx.db.session() as session:

@@ -397,3 +397,31 @@ def test_knowledge_diff_sorts_every_changed_answer_by_what_it_means() -> None:
     assert diff["repaired"][0] == {"prompt": "q2", "relation": "colour", "fact": "unchanged", "database": "blue",
                                    "before": "green", "after": "blue"}
     assert {d["prompt"] for d in diff["churn"]} == {"p3", "q3"} and diff["n_facts"] == 7
+
+
+def test_answer_match_exact_for_models_that_stop_leading_for_models_that_go_on_writing() -> None:
+    from types import SimpleNamespace
+
+    from validation.agreement import AgreementAnswers, knowledge_diff
+    from validation.answer_match import answer_match_for, exact_answer, leading_answer
+    from validation.sets import AgreementSet
+
+    assert exact_answer("Wesley", "Wesley") and not exact_answer("Wesley Works", "Wesley")
+    assert leading_answer("French. She is a Canadian artist who", "French")
+    assert leading_answer("Paris, France", "Paris") and leading_answer("Wesley Works", "Wesley")
+    assert not leading_answer("$199", "$19") and not leading_answer("Frenchman", "French")
+    assert not leading_answer("", "French") and not leading_answer("the French", "French")
+    demo, pretrained = (SimpleNamespace(config=SimpleNamespace(kus_profile=p)) for p in ("demo", "smollm2"))
+    assert answer_match_for("auto", demo) is exact_answer and answer_match_for("auto", pretrained) is leading_answer
+    assert answer_match_for("exact", pretrained) is exact_answer
+    with pytest.raises(InvalidInput, match="answer_match"):
+        answer_match_for("fuzzy", demo)
+
+    # two different continuations that both state the value are no change of knowledge
+    agreement = AgreementSet(changed=(("The mother tongue of D is", "English", "language"),),
+                             unchanged=(("The capital of F is", "Paris", "capital"),))
+    before = AgreementAnswers(changed=["French. She"], unchanged=["Paris, the city"])
+    after = AgreementAnswers(changed=["English, and"], unchanged=["Paris. It"])
+    diff = knowledge_diff(agreement, before, after, leading_answer)
+    assert diff["counts"] == {"intended": 1, "broken": 0, "repaired": 0, "churn": 0}
+    assert knowledge_diff(agreement, before, after)["counts"]["churn"] == 2  # exact: both read as wrong

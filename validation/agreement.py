@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.decoding import greedy_answers
+from validation.answer_match import AnswerMatch, exact_answer
 from validation.answer_memo import AnswerMemo
 from validation.sets import AgreementSet
 
@@ -78,14 +79,15 @@ def _share(hits: Sequence[bool]) -> float:
     return float(sum(hits) / len(hits)) if hits else math.nan
 
 
-def agreement_report(agreement: AgreementSet, answers: AgreementAnswers, base: AgreementAnswers | None = None) -> AgreementReport:
+def agreement_report(agreement: AgreementSet, answers: AgreementAnswers, base: AgreementAnswers | None = None,
+                     match: AnswerMatch = exact_answer) -> AgreementReport:
     """Agreement of `answers` with the database values; `base` (the base model's answers to the
     same set) gives `unchanged_kept` (NaN without it, or when the base knew none of them)."""
-    changed_hits = [a == value for a, (_, value, _) in zip(answers.changed, agreement.changed)]
-    unchanged_hits = [a == value for a, (_, value, _) in zip(answers.unchanged, agreement.unchanged)]
+    changed_hits = [match(a, value) for a, (_, value, _) in zip(answers.changed, agreement.changed)]
+    unchanged_hits = [match(a, value) for a, (_, value, _) in zip(answers.unchanged, agreement.unchanged)]
     kept = math.nan
     if base is not None:
-        known = [hit for hit, b, (_, value, _) in zip(unchanged_hits, base.unchanged, agreement.unchanged) if b == value]
+        known = [hit for hit, b, (_, value, _) in zip(unchanged_hits, base.unchanged, agreement.unchanged) if match(b, value)]
         kept = _share(known)
     by_relation: dict[str, dict[str, Any]] = {}
     for kind, items, hits in (("changed", agreement.changed, changed_hits), ("unchanged", agreement.unchanged, unchanged_hits)):
@@ -107,7 +109,8 @@ def agreement_report(agreement: AgreementSet, answers: AgreementAnswers, base: A
     )
 
 
-def knowledge_diff(agreement: AgreementSet, before: AgreementAnswers, after: AgreementAnswers) -> dict[str, Any]:
+def knowledge_diff(agreement: AgreementSet, before: AgreementAnswers, after: AgreementAnswers,
+                   match: AnswerMatch = exact_answer) -> dict[str, Any]:
     """Every catalogue fact of the set whose answer the edit changes, with what the database says.
 
     `intended`: changed facts that now agree; `broken`: facts that agreed and no longer do (for a
@@ -118,11 +121,12 @@ def knowledge_diff(agreement: AgreementSet, before: AgreementAnswers, after: Agr
     for kind, facts, old, new in (("changed", agreement.changed, before.changed, after.changed),
                                   ("unchanged", agreement.unchanged, before.unchanged, after.unchanged)):
         for (prompt, value, relation), b, a in zip(facts, old, new):
-            if a == b:
+            right_before, right_after = match(b, value), match(a, value)
+            if a == b or (right_before and right_after):  # the same answer, or the fact stated both times
                 continue
-            if a == value:
+            if right_after:
                 verdict = "intended" if kind == "changed" else "repaired"
-            elif b == value:
+            elif right_before:
                 verdict = "broken"
             else:
                 verdict = "churn"
@@ -165,12 +169,12 @@ class Readiness:
                 "by_relation": {r: {"right": right, "n": n} for r, (right, n) in self.by_relation.items()}}
 
 
-def base_readiness(agreement: AgreementSet, base: AgreementAnswers) -> Readiness:
+def base_readiness(agreement: AgreementSet, base: AgreementAnswers, match: AnswerMatch = exact_answer) -> Readiness:
     """Share of the unchanged sample that the base model (`base`: its answers) says as the database does."""
     by_relation: dict[str, list[int]] = {}
     for answer, (_, value, relation) in zip(base.unchanged, agreement.unchanged):
         counts = by_relation.setdefault(relation, [0, 0])
-        counts[0] += answer == value
+        counts[0] += match(answer, value)
         counts[1] += 1
     right = sum(c[0] for c in by_relation.values())
     n = sum(c[1] for c in by_relation.values())

@@ -21,7 +21,8 @@ Teacher-forced ("_tf") criteria, with P(y|x) = exp(-mean-token NLL) as in method
   edit leaked to other subjects?). At most :data:`MAX_COMPETITORS` objects per item, subject
   matches first. An item that neighbours no request falls back to the argmax criterion.
 
-Greedy ("_gen") criteria: the stripped greedy answer equals the expected object exactly.
+Greedy ("_gen") criteria: the greedy answer states the expected object (`match`: equal to it for a
+model that stops after its answer, beginning with it for one that goes on writing).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import pandas as pd
 
 from infra.domain import EditRequest
 from infra.errors import InvalidInput
+from validation.answer_match import AnswerMatch, exact_answer
 from validation.answer_memo import AnswerMemo
 from validation.fluency import ngram_entropy
 from validation.scoring import answer_scores, generate_texts, greedy_answers, perplexity
@@ -99,6 +101,7 @@ def evaluate(
     generation_tokens: int = 40,
     seed: int = 0,
     memo: AnswerMemo | None = None,
+    match: AnswerMatch = exact_answer,
 ) -> Evaluation:
     """Score `model` on `targets` (efficacy, paraphrase) and `regression` (everything else).
 
@@ -113,6 +116,7 @@ def evaluate(
         seed: sampling seed for fluency.
         memo: what this model state already answered (see :mod:`validation.answer_memo`); only
             what it lacks is computed, and it is filled in.
+        match: when a greedy answer states the expected object (:mod:`validation.answer_match`).
     """
     memo = memo if memo is not None else AnswerMemo()
     # items: (kind, prompt, expected, competitors or None -> argmax criterion)
@@ -148,7 +152,7 @@ def evaluate(
             tf = all(nll[own] < nll[pairs[(prompt, c)]] for c in competitors)
         else:
             tf = bool(exact[own])
-        records.append((kind, prompt, expected, answer, tf, answer == expected, nll[own]))
+        records.append((kind, prompt, expected, answer, tf, match(answer, expected), nll[own]))
     rows = pd.DataFrame.from_records(records, columns=ROW_COLUMNS)
     rows = rows.astype({"tf_correct": bool, "gen_correct": bool, "nll_expected": float})
 

@@ -1,0 +1,203 @@
+"""A catalogue refresh on SmolLM2-135M through the CLI, as a customer runs it: time per step and peak memory.
+
+The catalogue is real data: CounterFact records the model knows (`counterfact_smollm2.select_known`),
+one fact per record (subject, a relation per prompt shape, the true object); the changes are the
+first `--changes` records' counterfactual objects. Every step is a `kus` command in its own process,
+as a user types it (`init`, `seed-catalogue`, `doctor`, `import-facts`, `refresh`, `show`); each
+process's peak RSS comes from `/usr/bin/time`, and the refresh's own steps (ingest, sets, edit,
+evaluate, validate) are timed from the audit trail's timestamps.
+
+    ./dev.sh bench smollm2_refresh --editor ultraedit --changes 60
+
+Results: bench/results/smollm2_refresh.jsonl (a line per run) and smollm2_refresh.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+KUS = ROOT / ".venv" / "bin" / "kus"
+STEPS = ("ingest", "build_sets", "edit", "evaluate", "validate", "approval_requested")
+
+
+def relation_of(template: str) -> str:
+    """A relation name for a prompt shape: its words, lowercased and joined (stable, readable)."""
+    words = re.findall(r"[a-z]+", template.replace("{subject}", " ").lower())
+    return "_".join(words)[:60] or "fact"
+
+
+def catalogue_files(known: list[dict], folder: Path, n_changes: int) -> tuple[int, int]:
+    """catalogue.csv (every known record's true fact), changes.csv (the first `n_changes` records'
+    counterfactual objects), templates.yaml (a relation per prompt shape), held-out and generic text."""
+    templates: dict[str, dict] = {}
+    facts: dict[tuple[str, str], dict] = {}
+    for record in known:
+        subject = record["subject"]
+        if subject not in record["prompt"]:
+            continue
+        shape = record["prompt"].replace(subject, "{subject}", 1)
+        relation = relation_of(shape)
+        entry = templates.setdefault(relation, {"prompt": shape, "paraphrases": []})
+        if entry["prompt"] != shape or (subject, relation) in facts:
+            continue  # two shapes with one name, or a subject asked twice: keep the first
+        rephrase = record["rephrase_prompt"]
+        if subject in rephrase and not entry["paraphrases"]:
+            entry["paraphrases"].append(rephrase.replace(subject, "{subject}", 1))
+        facts[(subject, relation)] = record
+    with (folder / "catalogue.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["subject", "relation", "object"])
+        for (subject, relation), record in facts.items():
+            out.writerow([subject, relation, record["ground_truth"]])
+    changed = list(facts.items())[:n_changes]
+    with (folder / "changes.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["subject", "relation", "object"])
+        for (subject, relation), record in changed:
+            out.writerow([subject, relation, record["target_new"]])
+    (folder / "templates.yaml").write_text(json.dumps(templates, indent=1))  # JSON is YAML
+    edited = {id(r) for _, r in changed}
+    rest = [r for r in known if id(r) not in edited]
+    (folder / "heldout.txt").write_text("\n".join(f"{r['rephrase_prompt']} {r['ground_truth']}." for r in rest[:100]) + "\n")
+    (folder / "generic.txt").write_text("\n".join(f"{r['prompt']} {r['ground_truth']}." for r in rest[100:400]) + "\n")
+    return len(facts), len(changed)
+
+
+def kus(args: list[str], env: dict[str, str], log: Path) -> dict:
+    """One CLI command in its own process: exit code, seconds, peak RSS (MB) and its output."""
+    timing = log.with_suffix(".time")
+    started = time.perf_counter()
+    with log.open("a") as out:
+        out.write(f"\n$ kus {' '.join(args)}\n")
+        out.flush()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(timing), str(KUS), *args], env=env,
+                              stdout=subprocess.PIPE, stderr=out, text=True)
+        out.write(proc.stdout)
+    seconds = time.perf_counter() - started
+    peak_kb = int(timing.read_text().strip().splitlines()[-1]) if timing.is_file() else 0
+    return {"rc": proc.returncode, "seconds": round(seconds, 1), "peak_rss_mb": round(peak_kb / 1024, 1),
+            "stdout": proc.stdout}
+
+
+def step_seconds(home: Path, env: dict[str, str]) -> dict[str, float]:
+    """Seconds of each refresh step, from consecutive audit events of the run (JSON lines export)."""
+    out = home / "audit.jsonl"
+    subprocess.run([str(KUS), "--quiet", "audit", "export", "--format", "jsonl", "--out", str(out)], env=env,
+                   check=True, capture_output=True)
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    run_events = [e for e in events if e["subject"] == "run:1"]
+    stamps = [(e["action"], datetime.fromisoformat(e["at"])) for e in run_events]
+    return {action: round((at - prev).total_seconds(), 1)
+            for (_, prev), (action, at) in zip(stamps, stamps[1:]) if action in STEPS}
+
+
+READ_TABLE = """
+import json
+from infra import repository as repo
+from infra.context import service_context
+with service_context() as ctx, ctx.db.session() as session:
+    run = repo.get_run(session, 1)
+    print(json.dumps({"status": run.status, "table": (run.metrics or {}).get("table", [])}))
+"""
+
+
+def retention_after(env: dict[str, str]) -> dict:
+    """The run's status and retention table (metric -> after), read from the service's database."""
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", READ_TABLE], env=env, cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"status": data["status"], **{r["metric"]: round(float(r["after"]), 3) for r in data["table"]
+                                         if r.get("after") is not None}}
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from counterfact_smollm2 import DATA, select_known
+    from editing.model_io import load_model
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
+    model, tok = load_model(args.model)
+    records = json.loads(DATA.read_text())[: args.scan]
+    known, _ = select_known(model, tok, records)
+    del model
+    folder = Path(tempfile.mkdtemp(prefix="kus-smollm2-refresh-"))
+    n_facts, n_changes = catalogue_files(known, folder, args.changes)
+    env = {**os.environ, "KUS_HOME": str(folder / "home"), "KUS_BASE_MODEL": str(args.model),
+           "KUS_MODEL_NAME": "smollm2-135m", "KUS_TEMPLATES": str(folder / "templates.yaml"),
+           "KUS_HELDOUT_TEXT": str(folder / "heldout.txt"), "KUS_STATS_CORPUS": str(folder / "generic.txt"),
+           "KUS_EDITOR": args.editor, "KUS_USER": "catalogue-bot", "HF_HUB_OFFLINE": "1"}
+    for key in ("KUS_DATABASE_URL", "KUS_DELTA_STORE", "PREFECT_API_URL"):
+        env.pop(key, None)
+    log = folder / "commands.log"
+    steps = {}
+    for name, argv in (("init", ["init"]), ("seed", ["seed-catalogue", str(folder / "catalogue.csv")]),
+                       ("doctor", ["doctor"]), ("import", ["import-facts", str(folder / "changes.csv")]),
+                       ("refresh", ["refresh"]), ("show", ["show", "1"])):
+        steps[name] = kus(argv, env, log)
+        print(f"{name}: rc {steps[name]['rc']}, {steps[name]['seconds']} s, peak {steps[name]['peak_rss_mb']} MB",
+              flush=True)
+    table = retention_after(env)
+    row = {"date": time.strftime("%Y-%m-%d"), "editor": args.editor, "facts": n_facts, "changes": n_changes,
+           "threads": torch.get_num_threads(),
+           "doctor": steps["doctor"]["stdout"].strip().splitlines()[:12],
+           "commands": {k: {kk: vv for kk, vv in v.items() if kk != "stdout"} for k, v in steps.items()},
+           "refresh_steps": step_seconds(folder / "home", env), "after": table, "folder": str(folder)}
+    with (RESULTS / "smollm2_refresh.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+def report() -> None:
+    rows = [json.loads(line) for line in (RESULTS / "smollm2_refresh.jsonl").read_text().splitlines() if line.strip()]
+    lines = ["# A refresh on SmolLM2-135M through the CLI (2-core CPU)", "",
+             "`bench/smollm2_refresh.py`: CounterFact records the model knows as the catalogue (a relation per prompt "
+             "shape), the first N records' counterfactual objects as the changes; every step a `kus` command in its "
+             "own process. Peak RSS per command from `/usr/bin/time`; refresh steps from the audit trail.", "",
+             "| date | editor | facts | changes | threads | refresh s | ingest | sets | edit | evaluate | validate | "
+             "refresh peak RSS MB | doctor peak MB | efficacy_gen | paraphrase_gen | neighbourhood_unchanged | "
+             "unrelated_unchanged | perplexity_drift |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        s, c, a = r["refresh_steps"], r["commands"], r["after"]
+        lines.append(
+            f"| {r['date']} | {r['editor']} | {r['facts']} | {r['changes']} | {r['threads']} | {c['refresh']['seconds']} | "
+            f"{s.get('ingest', '-')} | {s.get('build_sets', '-')} | {s.get('edit', '-')} | {s.get('evaluate', '-')} | "
+            f"{s.get('validate', '-')} | {c['refresh']['peak_rss_mb']} | {c['doctor']['peak_rss_mb']} | "
+            f"{a.get('efficacy_gen', '-')} | {a.get('paraphrase_gen', '-')} | {a.get('neighbourhood_unchanged', '-')} | "
+            f"{a.get('unrelated_unchanged', '-')} | {a.get('perplexity_drift', '-')} |")
+    (RESULTS / "smollm2_refresh.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "var" / "models" / "smollm2-135m")
+    parser.add_argument("--editor", default="ultraedit")
+    parser.add_argument("--changes", type=int, default=60)
+    parser.add_argument("--scan", type=int, default=400, help="CounterFact records scanned for known facts")
+    parser.add_argument("--report", action="store_true", help="only write the table from the results file")
+    args = parser.parse_args()
+    if not args.report:
+        run(args)
+    report()
+
+
+if __name__ == "__main__":
+    main()
