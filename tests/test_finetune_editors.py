@@ -121,7 +121,7 @@ def test_the_four_editors_are_registered_with_defaults_for_every_family() -> Non
         ("flearning", {"variant": "adalora"}, "variant must be one of"),
         ("elder", {"query_layer": 3, "layers": [1]}, "query_layer must be"),
         ("elder", {"top_k": 8}, "top_k must be"),
-        ("saul", {"steps": 10, "min_steps": 11}, "min_steps must be"),
+        ("saul", {"min_steps": -1}, "min_steps must be"),
     ],
 )
 def test_hyperparameters_are_validated(name: str, overrides: dict, message: str) -> None:

@@ -94,7 +94,7 @@ class SAULHParams:
             raise InvalidInput(f"saul: near_share must be in [0, 1 - corpus_share], got {self.near_share}")
         if not 0.0 <= self.repair_share <= 1.0:
             raise InvalidInput(f"saul: repair_share must be in [0, 1], got {self.repair_share}")
-        if not 0 <= self.min_steps <= self.steps:
-            raise InvalidInput(f"saul: min_steps must be in [0, steps={self.steps}], got {self.min_steps}")
+        if self.min_steps < 0:  # above `steps` it means: never stop early
+            raise InvalidInput(f"saul: min_steps must be >= 0, got {self.min_steps}")
         if self.reg_weight < 0:
             raise InvalidInput(f"saul: reg_weight must be >= 0, got {self.reg_weight}")
