@@ -23,6 +23,13 @@ from validation.sets import build_agreement_set, build_regression_set, ledger_re
 log = logging.getLogger(__name__)
 
 
+def targets_cap(max_targets: int, rejected_attempts: int) -> int:
+    """How many facts a refresh edits: `max_targets`, halved for every rejected attempt on the same
+    head (at least one). A batch the gate rejected is retried smaller, so a hard batch does not block
+    every later refresh; the deferred facts stay outstanding and follow in feed order."""
+    return max(1, max_targets >> min(rejected_attempts, 30))
+
+
 def build_sets(ctx: ServiceContext, run_id: int) -> str:
     """Writes `runs/<id>/sets.json` to the store and returns its key."""
     keep_lease(ctx, run_id)
@@ -34,17 +41,20 @@ def build_sets(ctx: ServiceContext, run_id: int) -> str:
         ledger = repo.ledger(session, run.watermark_to)
         base = repo.base_values(session, set(live))
         facts = repo.accepted_facts(session)
+        attempt = repo.rejected_attempts(session, run.model_name, head)
     plan = parse_plan(run.editor)
     mode = resolve_mode(plan, ctx.settings.edit_mode)
     targets = ledger_targets(ledger, live, base, templates)
     if not targets:
         raise InvalidState(f"run {run_id} has nothing to change: the live model says what the database says")
-    # bounded work: the first `max_targets` in feed order; the rest stay outstanding for the next refreshes
-    targets, deferred = targets[:ctx.settings.max_targets], targets[ctx.settings.max_targets:]
+    # bounded work: the first `cap` in feed order; the rest stay outstanding for the next refreshes
+    cap = targets_cap(ctx.settings.max_targets, attempt)
+    targets, deferred = targets[:cap], targets[cap:]
     deferred_keys = {(t.subject, t.relation) for t in deferred}
     if deferred:
-        log.warning("run %s: %d facts to change, %d in this run (KUS_MAX_TARGETS); %d left to the next refreshes",
-                    run_id, len(targets) + len(deferred), len(targets), len(deferred))
+        log.warning("run %s: %d facts to change, %d in this run (KUS_MAX_TARGETS %d%s); %d left to the next refreshes",
+                    run_id, len(targets) + len(deferred), len(targets), ctx.settings.max_targets,
+                    f", halved after {attempt} rejected attempt(s) on this head" if attempt else "", len(deferred))
     requests = ledger_requests([e for e in ledger if e.key not in deferred_keys], templates) \
         if mode == "cumulative" else targets
     # facts the service changed are judged by catalogue agreement; the regression set holds the rest
@@ -58,7 +68,7 @@ def build_sets(ctx: ServiceContext, run_id: int) -> str:
     with ctx.db.session() as session:
         append_event(session, run.started_by, "build_sets", f"run:{run_id}",
                      {"mode": mode, "plan": plan, "head": head, "targets": len(targets), "requests": len(requests),
-                      "deferred": len(deferred),
+                      "deferred": len(deferred), "cap": cap, "rejected_attempts": attempt,
                       "ledger": len(ledger), "neighbourhood": len(regression.neighbourhood),
                       "unrelated": len(regression.unrelated), "heldout_texts": len(regression.heldout_text),
                       "agreement_changed": len(agreement.changed), "agreement_unchanged": len(agreement.unchanged)})

@@ -459,3 +459,12 @@ def test_a_refresh_edits_at_most_max_targets_and_the_rest_follow_in_feed_order(s
     second = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
     with service_context(settings) as ctx:
         assert [(t.subject, t.relation) for t in load_sets(ctx, second).targets] == keys[4:]
+    # a rejected batch is retried at half the size on the same head (4 -> 2 -> 1); the rest waits, outstanding
+    caps = []
+    for run_id in (second, None):
+        assert cli_as("bob", ["reject", str(run_id or caps[-1][0]), "--reason", "too much at once"]) == 0
+        retry = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
+        with service_context(settings) as ctx, ctx.db.session() as session:
+            event = [e for e in repo_events(session) if e.action == "build_sets"][-1].payload
+        caps.append((retry, event["cap"], event["rejected_attempts"], event["targets"], event["deferred"]))
+    assert [c[1:] for c in caps] == [(2, 1, 2, 0), (1, 2, 1, 1)]
