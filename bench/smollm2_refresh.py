@@ -33,6 +33,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 KUS = ROOT / ".venv" / "bin" / "kus"
+COLUMNS = ("date", "editor", "facts", "changes", "answer match", "threads", "refresh s", "ingest", "sets", "edit",
+           "evaluate", "validate", "refresh peak RSS MB", "doctor peak MB", "efficacy_gen", "paraphrase_gen",
+           "neighbourhood_unchanged", "unrelated_unchanged", "perplexity_drift", "agreement_changed", "unchanged_kept",
+           "status")
 STEPS = ("ingest", "build_sets", "edit", "evaluate", "validate", "approval_requested")
 
 
@@ -155,6 +159,7 @@ def run(args: argparse.Namespace) -> dict:
               flush=True)
     table = retention_after(env)
     row = {"date": time.strftime("%Y-%m-%d"), "editor": args.editor, "facts": n_facts, "changes": n_changes,
+           "answer_match": env.get("KUS_ANSWER_MATCH", "auto"),
            "threads": torch.get_num_threads(),
            "doctor": steps["doctor"]["stdout"].strip().splitlines()[:12],
            "commands": {k: {kk: vv for kk, vv in v.items() if kk != "stdout"} for k, v in steps.items()},
@@ -170,18 +175,17 @@ def report() -> None:
              "`bench/smollm2_refresh.py`: CounterFact records the model knows as the catalogue (a relation per prompt "
              "shape), the first N records' counterfactual objects as the changes; every step a `kus` command in its "
              "own process. Peak RSS per command from `/usr/bin/time`; refresh steps from the audit trail.", "",
-             "| date | editor | facts | changes | threads | refresh s | ingest | sets | edit | evaluate | validate | "
-             "refresh peak RSS MB | doctor peak MB | efficacy_gen | paraphrase_gen | neighbourhood_unchanged | "
-             "unrelated_unchanged | perplexity_drift |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| " + " | ".join(COLUMNS) + " |",
+             "|" + "|".join("---" if c in ("date", "editor", "answer match", "status") else "---:" for c in COLUMNS) + "|"]
     for r in rows:
         s, c, a = r["refresh_steps"], r["commands"], r["after"]
         lines.append(
-            f"| {r['date']} | {r['editor']} | {r['facts']} | {r['changes']} | {r['threads']} | {c['refresh']['seconds']} | "
+            f"| {r['date']} | {r['editor']} | {r['facts']} | {r['changes']} | {r.get('answer_match', 'exact')} | {r['threads']} | {c['refresh']['seconds']} | "
             f"{s.get('ingest', '-')} | {s.get('build_sets', '-')} | {s.get('edit', '-')} | {s.get('evaluate', '-')} | "
             f"{s.get('validate', '-')} | {c['refresh']['peak_rss_mb']} | {c['doctor']['peak_rss_mb']} | "
             f"{a.get('efficacy_gen', '-')} | {a.get('paraphrase_gen', '-')} | {a.get('neighbourhood_unchanged', '-')} | "
-            f"{a.get('unrelated_unchanged', '-')} | {a.get('perplexity_drift', '-')} |")
+            f"{a.get('unrelated_unchanged', '-')} | {a.get('perplexity_drift', '-')} | {a.get('agreement_changed', '-')} | "
+            f"{a.get('unchanged_kept', '-')} | {a.get('status', '-')} |")
     (RESULTS / "smollm2_refresh.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
