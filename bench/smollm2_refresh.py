@@ -9,7 +9,7 @@ evaluate, validate) are timed from the audit trail's timestamps.
 
     ./dev.sh bench smollm2_refresh --editor ultraedit --changes 60
 
-Results: bench/results/smollm2_refresh.jsonl (a line per run) and smollm2_refresh.md.
+Results: bench/results/smollm2_refresh.jsonl (a line per run), smollm2_refresh.md and .png.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 KUS = ROOT / ".venv" / "bin" / "kus"
-COLUMNS = ("date", "editor", "facts", "changes", "answer match", "threads", "refresh s", "ingest", "sets", "edit",
+COLUMNS = ("date", "editor", "facts", "changes", "answer match", "threads", "refresh s", "sets", "edit",
            "evaluate", "validate", "refresh peak RSS MB", "doctor peak MB", "efficacy_gen", "paraphrase_gen",
            "neighbourhood_unchanged", "unrelated_unchanged", "perplexity_drift", "agreement_changed", "unchanged_kept",
            "status")
@@ -174,20 +174,46 @@ def report() -> None:
     lines = ["# A refresh on SmolLM2-135M through the CLI (2-core CPU)", "",
              "`bench/smollm2_refresh.py`: CounterFact records the model knows as the catalogue (a relation per prompt "
              "shape), the first N records' counterfactual objects as the changes; every step a `kus` command in its "
-             "own process. Peak RSS per command from `/usr/bin/time`; refresh steps from the audit trail.", "",
+             "own process. Peak RSS per command from `/usr/bin/time`; the refresh's steps from the gaps between its audit "
+             "events (`refresh s` also holds start-up, model loading and ingest). Plot: `smollm2_refresh.png`.", "",
              "| " + " | ".join(COLUMNS) + " |",
              "|" + "|".join("---" if c in ("date", "editor", "answer match", "status") else "---:" for c in COLUMNS) + "|"]
     for r in rows:
         s, c, a = r["refresh_steps"], r["commands"], r["after"]
         lines.append(
             f"| {r['date']} | {r['editor']} | {r['facts']} | {r['changes']} | {r.get('answer_match', 'exact')} | {r['threads']} | {c['refresh']['seconds']} | "
-            f"{s.get('ingest', '-')} | {s.get('build_sets', '-')} | {s.get('edit', '-')} | {s.get('evaluate', '-')} | "
+            f"{s.get('build_sets', '-')} | {s.get('edit', '-')} | {s.get('evaluate', '-')} | "
             f"{s.get('validate', '-')} | {c['refresh']['peak_rss_mb']} | {c['doctor']['peak_rss_mb']} | "
             f"{a.get('efficacy_gen', '-')} | {a.get('paraphrase_gen', '-')} | {a.get('neighbourhood_unchanged', '-')} | "
             f"{a.get('unrelated_unchanged', '-')} | {a.get('perplexity_drift', '-')} | {a.get('agreement_changed', '-')} | "
             f"{a.get('unchanged_kept', '-')} | {a.get('status', '-')} |")
     (RESULTS / "smollm2_refresh.md").write_text("\n".join(lines) + "\n")
+    plot(rows)
     print("\n".join(lines))
+
+
+def plot(rows: list[dict]) -> None:
+    """Seconds per refresh step, one stacked bar per run (the rest: start-up, model loading, ingest)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    labels = [f"{r['editor']}\n{r['changes']} changes" for r in rows]
+    bottom = [0.0] * len(rows)
+    for step, name in (("build_sets", "sets"), ("edit", "edit"), ("evaluate", "evaluate"), ("validate", "validate")):
+        values = [float(r["refresh_steps"].get(step, 0.0)) for r in rows]
+        ax.bar(labels, values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    rest = [max(0.0, float(r["commands"]["refresh"]["seconds"]) - b) for r, b in zip(rows, bottom)]
+    ax.bar(labels, rest, bottom=bottom, label="start-up, load, ingest", color="lightgrey")
+    ax.axhline(300, color="red", linestyle="--", linewidth=1, label="goal: 300 s")
+    ax.set_ylabel("seconds (kus refresh)")
+    ax.set_title("A refresh on SmolLM2-135M, 2-core CPU")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "smollm2_refresh.png", dpi=110)
 
 
 def main() -> None:
