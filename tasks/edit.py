@@ -30,7 +30,8 @@ from infra.domain import EditRequest
 from tasks.catalogue_inputs import statistics_corpus_for, templates_for
 from tasks.live_model import BASIS_BASE, head_values, load_live_model
 from tasks.run_lease import heartbeat, keep_lease
-from tasks.run_artifacts import load_sets
+from tasks.run_artifacts import head_answers, load_sets
+from validation.agreement import AGREEMENT_ANSWER_TOKENS as GREEDY_TOKENS
 from validation.answer_match import answer_match_for
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ def fact_pool(
 ) -> Rehearsal:
     """Catalogue prompts whose answers must not change, minus the edited facts and the evaluation items.
 
-    With a model, each kept prompt's answer is what the model says now (its greedy answer), not the
+    `model` is the live model at `head` (its answers are read from that state's evaluation where it
+    gave them). With a model, each kept prompt's answer is what the model says now (its greedy answer), not the
     database value: a regulariser that taught the database value would also "correct" answers the
     refresh is not about (facts the base never knew), and every answer the edit changes is a
     retention loss. The exception is drift the service itself caused: a fact the live model should
@@ -78,7 +80,10 @@ def fact_pool(
     items = items[:MAX_POOL]
     if model is None or not items:
         return Rehearsal(keep=tuple((p, value) for p, _, value in items))
-    said = greedy_answers(model, tokenizer, [p for p, _, _ in items])
+    # the live model at `head` answered most of these in its own run's evaluation: ask only the rest
+    memo, _ = head_answers(ctx, head)
+    said = memo.greedy_answers([p for p, _, _ in items], GREEDY_TOKENS,
+                               lambda todo: greedy_answers(model, tokenizer, todo, max_new_tokens=GREEDY_TOKENS))
     match = answer_match_for(ctx.settings.answer_match, model)
     # the live model should say the database value of these (nothing outstanding) but does not
     drifted = [i for i, (_, key, value) in enumerate(items)

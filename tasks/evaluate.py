@@ -16,10 +16,10 @@ from prefect.cache_policies import NO_CACHE
 from infra import repository as repo
 from infra.audit import append_event
 from infra.context import ServiceContext, service_context
-from infra.errors import InvalidState, NotFound
+from infra.errors import InvalidState
 from tasks.live_model import BASIS_BASE, LiveModel, fetch_delta, load_live_model
 from tasks.run_lease import heartbeat, keep_lease
-from tasks.run_artifacts import get_bytes, load_sets, put_bytes, put_json
+from tasks.run_artifacts import ANSWERS_AFTER_FILE, head_answers, load_sets, put_bytes, put_json
 from validation.agreement import (AgreementAnswers, agreement_answers, agreement_report, agreement_rows,
                                   base_readiness, knowledge_diff)
 from validation.answer_match import answer_match_for
@@ -31,27 +31,6 @@ log = logging.getLogger(__name__)
 
 #: Run file: every catalogue fact of the agreement set whose answer the edit changes (`knowledge_diff`).
 KNOWLEDGE_DIFF_FILE = "knowledge_diff.json"
-#: Run file: every answer the candidate (live model + the run's delta) gave during evaluation. Once the
-#: delta is promoted the candidate is the live model, and the next run's "before" pass starts from it.
-ANSWERS_AFTER_FILE = "answers_after.json"
-
-
-def head_answers(ctx: ServiceContext, head: str | None) -> tuple[AnswerMemo, int | None]:
-    """What the live model at `head` already answered, and the run that asked: the head delta's own
-    run evaluated exactly these weights as its "after" (a verified run file: a changed file is
-    refused, never trusted). Empty for the base model or a run that left no such file."""
-    if head is None:
-        return AnswerMemo(), None
-    with ctx.db.session() as session:
-        run_id = repo.get_delta(session, head).manifest.get("run_id")
-    if run_id is None:
-        return AnswerMemo(), None
-    try:
-        return AnswerMemo.from_bytes(get_bytes(ctx, int(run_id), ANSWERS_AFTER_FILE)), int(run_id)
-    except NotFound:
-        return AnswerMemo(), None
-
-
 def json_safe(value: Any) -> Any:
     """NaN (a metric with nothing to score) becomes null: JSON columns and the audit hash refuse NaN."""
     if isinstance(value, float) and math.isnan(value):

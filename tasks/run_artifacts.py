@@ -14,6 +14,7 @@ from infra.context import ServiceContext
 from infra.domain import EditRequest
 from infra import repository as repo
 from infra.errors import IntegrityMismatch, NotFound
+from validation.answer_memo import AnswerMemo
 from validation.sets import AgreementSet, RegressionSet
 
 
@@ -129,3 +130,24 @@ def sets_from_json(data: dict[str, Any]) -> tuple[list[EditRequest], RegressionS
         generation_prompts=tuple(reg["generation_prompts"]),
     )
     return targets, regression
+
+
+#: Run file: every answer the candidate (live model + the run's delta) gave during evaluation. Once the
+#: delta is promoted the candidate is the live model, and the next run's "before" pass starts from it.
+ANSWERS_AFTER_FILE = "answers_after.json"
+
+
+def head_answers(ctx: ServiceContext, head: str | None) -> tuple[AnswerMemo, int | None]:
+    """What the live model at `head` already answered, and the run that asked: the head delta's own
+    run evaluated exactly these weights as its "after" (a verified run file: a changed file is
+    refused, never trusted). Empty for the base model or a run that left no such file."""
+    if head is None:
+        return AnswerMemo(), None
+    with ctx.db.session() as session:
+        run_id = repo.get_delta(session, head).manifest.get("run_id")
+    if run_id is None:
+        return AnswerMemo(), None
+    try:
+        return AnswerMemo.from_bytes(get_bytes(ctx, int(run_id), ANSWERS_AFTER_FILE)), int(run_id)
+    except NotFound:
+        return AnswerMemo(), None
