@@ -175,7 +175,8 @@ def report() -> None:
              "`bench/smollm2_refresh.py`: CounterFact records the model knows as the catalogue (a relation per prompt "
              "shape), the first N records' counterfactual objects as the changes; every step a `kus` command in its "
              "own process. Peak RSS per command from `/usr/bin/time`; the refresh's steps from the gaps between its audit "
-             "events (`refresh s` also holds start-up, model loading and ingest). Plot: `smollm2_refresh.png`.", "",
+             "events (`refresh s` also holds start-up, model loading and ingest). Plot: `smollm2_refresh.png`. Command, "
+             "one row each: `OMP_NUM_THREADS=1 ./dev.sh bench smollm2_refresh --editor EDITOR --changes 60`.", "",
              "| " + " | ".join(COLUMNS) + " |",
              "|" + "|".join("---" if c in ("date", "editor", "answer match", "status") else "---:" for c in COLUMNS) + "|"]
     for r in rows:
