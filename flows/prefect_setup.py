@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -138,11 +139,52 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+#: Seconds an interrupted `kus` may spend on its way out (marking the run failed, stopping its
+#: Prefect server) before it exits regardless: a supervisor's SIGTERM must end the process.
+EXIT_GRACE_SECONDS = 30.0
+
+_watchdog_lock = threading.Lock()
+_watchdog_armed = threading.Event()
+_sigterm_owned = threading.Event()  # set where `kus` itself decides what SIGTERM means (not in a library user)
+
+
+def arm_exit_watchdog(exit_code: int, grace_s: float | None = None) -> None:
+    """Exit with `exit_code` after `grace_s` seconds unless the process has ended by then.
+
+    Cleanup after an interruption runs in the main thread and may wait on something that never comes
+    (a lock, a non-daemon thread still computing, a server that does not answer); a daemon timer
+    guarantees that an interrupted process still ends. Idempotent: the first call sets the deadline.
+    A no-op in a process whose SIGTERM handling is not ours (a test runner, a Prefect worker).
+    """
+    with _watchdog_lock:
+        if _watchdog_armed.is_set() or not _sigterm_owned.is_set():
+            return
+        _watchdog_armed.set()
+    grace_s = EXIT_GRACE_SECONDS if grace_s is None else grace_s
+
+    def expire() -> None:
+        time.sleep(grace_s)
+        try:
+            sys.stderr.write(f"kus: still running {grace_s:.0f} s after it was interrupted; exiting now\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(exit_code)
+
+    threading.Thread(target=expire, name="kus-exit-watchdog", daemon=True).start()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    arm_exit_watchdog(128 + signum)
+    sys.exit(128 + signum)
+
+
 def _exit_on_sigterm() -> None:
-    """SIGTERM ends `kus` like Ctrl-C would, so atexit handlers (Prefect's server stop) run."""
+    """SIGTERM ends `kus` like Ctrl-C would, so atexit handlers (Prefect's server stop) run, and
+    within :data:`EXIT_GRACE_SECONDS` whatever those handlers wait on."""
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return  # someone (a worker, a test runner) already decided what SIGTERM means
     try:
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        _sigterm_owned.set()
     except ValueError:  # not the main thread
         pass

@@ -27,6 +27,7 @@ from tasks.ingest import decision_pending, ingest_task
 from tasks.run_lease import end_lease
 from tasks.validate import request_approval_task, validate_task
 from flows.edit import edit_model
+from flows.prefect_setup import arm_exit_watchdog
 from flows.logs import service_records_at_info
 from flows.work_pool import run_edit_on_pool
 
@@ -83,6 +84,8 @@ def catalogue_refresh(
         validation = validate_task(run_id)
         request_approval_task(run_id)
     except BaseException as exc:  # SIGTERM (SystemExit) and Ctrl-C too: the run says it was interrupted
+        if _interrupted(exc):
+            arm_exit_watchdog(143 if not isinstance(exc, KeyboardInterrupt) else 130)
         _mark_failed(run_id, started_by, exc)
         raise
     finally:
@@ -114,6 +117,12 @@ def _end_lease(run_id: int) -> None:
             end_lease(ctx, run_id)
     except Exception:  # pragma: no cover - an unreleased lease expires by itself
         log.exception("could not release the refresh lease of run %s", run_id)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    from prefect.exceptions import TerminationSignal
+
+    return isinstance(exc, (TerminationSignal, SystemExit, KeyboardInterrupt))
 
 
 def _mark_failed(run_id: int, actor: str, exc: BaseException) -> None:

@@ -310,6 +310,28 @@ def test_answers_print_on_one_line_and_runs_never_cut_values(tmp_path: Path, mon
     assert "…" not in out and "..." not in out
 
 
+def test_sigterm_ends_kus_even_when_its_cleanup_waits_forever(tmp_path: Path) -> None:
+    """A SIGTERMed `kus` whose way out blocks (here: a non-daemon thread the interpreter joins at exit)
+    still ends, with 143, after the grace period, and says why on stderr."""
+    import time
+
+    script = (
+        "import os, signal, threading, time\n"
+        "from flows import prefect_setup\n"
+        "prefect_setup._exit_on_sigterm()\n"
+        "prefect_setup.EXIT_GRACE_SECONDS = 1.0\n"
+        "threading.Thread(target=time.sleep, args=(600,)).start()  # never joined in time\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(600)\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert time.monotonic() - started < 60
+    assert "after it was interrupted; exiting now" in done.stderr
+
+
 def test_sigterm_ends_a_refresh_promptly_marks_it_failed_and_frees_the_model(tmp_path: Path, tiny_world) -> None:  # noqa: ANN001
     """`kus refresh` terminated mid-edit exits within seconds, its run is failed with the true reason
     (interrupted, not a connection error), the lease is released and the next refresh redoes the changes."""
@@ -332,7 +354,7 @@ def test_sigterm_ends_a_refresh_promptly_marks_it_failed_and_frees_the_model(tmp
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "--quiet", "refresh", "--hparams",
                              '{"steps": 100000, "early_stop_loss": 0.0, "layers": [1]}'],
                             env={**clean, **env, "HF_HUB_OFFLINE": "1"}, cwd=Path(__file__).resolve().parents[1],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "refresh.stderr").open("w"))
     try:
         def editing() -> bool:
             with service_context(settings) as ctx, ctx.db.session() as session:
@@ -343,7 +365,7 @@ def test_sigterm_ends_a_refresh_promptly_marks_it_failed_and_frees_the_model(tmp
         time.sleep(3)
         proc.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
-        assert proc.wait(timeout=150) != 0
+        assert proc.wait(timeout=150) != 0, (tmp_path / "refresh.stderr").read_text()[-3000:]
         print(f"exited {time.monotonic() - stopped:.1f} s after SIGTERM")
         assert time.monotonic() - stopped < 60  # 4 s here when idle; the lease TTL it replaces is 2 hours
     finally:
