@@ -111,15 +111,19 @@ def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Pa
             with ctx.db.session() as session:
                 run = repo.get_run(session, run_id)
                 ledger = len(repo.ledger(session))
-                edit_event = next((e.payload for e in reversed(list_events(session))
+                events = list_events(session)
+                edit_event = next((e.payload for e in reversed(events)
                                    if e.action == "edit" and e.subject == f"run:{run_id}"), {})
+                sets_event = next((e.payload for e in reversed(events)
+                                   if e.action == "build_sets" and e.subject == f"run:{run_id}"), {})
             agreement = run.metrics["agreement"]["after" if promoted else "before"]
             row = {
                 "refresh": refresh, "run": run_id, "plan": plan, "mode": run.metrics.get("mode"), "passed": passed,
                 "promoted": promoted, "policy": policy,
                 "failed": [c["metric"] for c in validation["checks"] if not c["success"]],
                 "ledger": ledger, "targets": outcome.outstanding, "seconds": round(seconds, 1),
-                "edited": len(load_sets(ctx, run_id).targets), "attempt": edit_event.get("attempt", 0),
+                "edited": len(load_sets(ctx, run_id).targets), "cap": sets_event.get("cap"),
+                "attempt": edit_event.get("attempt", 0),
                 "repair_facts": edit_event.get("repair_facts", 0),
                 "steps": sum(r.get("steps") or 0 for r in edit_event.get("routing", [])),
                 "edit_seconds": round(edit_seconds, 1),
