@@ -11,6 +11,7 @@ checked against the configured reviewers), which Prefect's open-source UI cannot
     kus rollback --reason "..."      # head back to the previous delta
     kus ask "The price of X is"      # query the live model
     kus audit verify | export --format jsonl --out audit.jsonl
+    kus audit report [--run RUN] [--out FILE]   # the auditor's HTML report, also kept in the delta store
 """
 
 from __future__ import annotations
@@ -404,7 +405,7 @@ def _anchor_store(settings: Settings):  # noqa: ANN202 - infra.anchor_store.Anch
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    """show / verify [--anchor FILE] / export / anchor --out FILE / keygen."""
+    """show / verify [--anchor FILE] / export / anchor --out FILE / keygen / report [--run N] [--out FILE]."""
     from infra.audit import export_events, head_anchor, list_events, verify_chain
     from infra.context import service_context
 
@@ -419,15 +420,11 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
             fh.write(secrets.token_hex(32) + "\n")
         console.print(f"audit key written to {path}; events from now on carry its MAC. Keep a copy outside the database host.")
         return 0
+    if args.audit_command == "report":
+        return _audit_report(args, settings)
     with service_context(settings) as ctx, ctx.db.session() as session:
         if args.audit_command == "verify":
-            anchor, source = None, ""
-            if args.anchor:
-                anchor, source = json.loads(Path(args.anchor).read_text()), args.anchor
-            elif settings.anchor_store_uri:
-                newest = _anchor_store(settings).latest()
-                if newest is not None:
-                    anchor, source = json.loads(newest[1]), f"{settings.anchor_store_uri} ({newest[0]})"
+            anchor, source = _newest_anchor(args, settings)
             report = verify_chain(session, anchor=anchor)
             if report.ok:
                 extra = (", keyed (MACs verified)" if report.keyed else ", NOT keyed (no audit key configured)")
@@ -466,6 +463,35 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
                               "yourself, e.g. an S3 bucket with Object Lock")
             return 0
         print_audit(list_events(session)[-args.last:])
+    return 0
+
+
+def _newest_anchor(args: argparse.Namespace, settings: Settings) -> tuple[dict[str, Any] | None, str]:
+    """The anchor to verify the trail against (--anchor FILE, else the newest in KUS_ANCHOR_STORE), and where from."""
+    if args.anchor:
+        return json.loads(Path(args.anchor).read_text()), args.anchor
+    if settings.anchor_store_uri:
+        newest = _anchor_store(settings).latest()
+        if newest is not None:
+            return json.loads(newest[1]), f"{settings.anchor_store_uri} ({newest[0]})"
+    return None, ""
+
+
+def _audit_report(args: argparse.Namespace, settings: Settings) -> int:
+    """The auditor's HTML report: one run (--run N) or the summary across runs; exit 3 if the chain is broken."""
+    from flows.audit_report import publish_run_report, publish_summary
+    from infra.context import service_context
+
+    anchor, _source = _newest_anchor(args, settings)
+    out = Path(args.out) if args.out else None
+    with service_context(settings) as ctx:
+        published = (publish_run_report(ctx, args.run, out, anchor) if args.run is not None
+                     else publish_summary(ctx, out, anchor))
+    console.print(f"audit report written to {published.path}\nkept in the delta store {published.store_uri} as "
+                  f"{published.key}", soft_wrap=True)
+    if not published.chain_verified:
+        console.print("[bold red]audit chain BROKEN[/]: the report says where")
+        return 3
     return 0
 
 
@@ -663,11 +689,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", nargs="+")
     p.add_argument("--model", default=None)
     p.add_argument("--max-new-tokens", type=int, default=8)
-    p = add("audit", cmd_audit, "read, verify or export the audit trail")
-    p.add_argument("audit_command", choices=["show", "verify", "export", "anchor", "keygen"])
+    p = add("audit", cmd_audit, "read, verify, export or report on the audit trail")
+    p.add_argument("audit_command", choices=["show", "verify", "export", "anchor", "keygen", "report"])
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    p.add_argument("--out", default=None, help="export: the file (default audit.jsonl); anchor: also write it here")
-    p.add_argument("--anchor", default=None, help="verify: an anchor file written by `kus audit anchor`")
+    p.add_argument("--out", default=None, help="export: the file (default audit.jsonl); anchor: also write it here; "
+                                               "report: the HTML file (default audit-report-run-N.html or audit-summary.html)")
+    p.add_argument("--run", type=int, default=None, help="report: one run's report (default: the summary across runs)")
+    p.add_argument("--anchor", default=None, help="verify, report: an anchor file written by `kus audit anchor`")
     p.add_argument("--last", type=int, default=30)
     p = add("serve", cmd_serve, "serve the scheduled catalogue refresh (cron) with Prefect")
     p.add_argument("--cron", default="0 2 * * *")

@@ -10,7 +10,8 @@ KUS_S3_ENDPOINT_URL, KUS_S3_CHECKSUMS (when_required|when_supported), KUS_MODEL_
 KUS_EDITOR (an editor or a comma-separated plan), KUS_EDIT_MODE (auto|sequential|cumulative),
 KUS_EDIT_DEPLOYMENT (run the edit step on a work pool), KUS_REVIEWERS (comma separated),
 KUS_TEMPLATES (relation templates YAML/JSON), KUS_HELDOUT_TEXT (one sentence per line, for
-perplexity drift), KUS_STATS_CORPUS (generic text, one per line), KUS_AGREEMENT_SAMPLE.
+perplexity drift), KUS_STATS_CORPUS (generic text, one per line), KUS_AGREEMENT_SAMPLE,
+KUS_DEVICE_MAP and KUS_TORCH_DTYPE (how the model is loaded: sharded over GPUs, in another dtype).
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ class Settings:
     max_targets: int = 500
     #: when a greedy answer states a database value: auto | exact | leading (validation/answer_match.py)
     answer_match: str = "auto"
+    #: how the model is placed: "" (one device: the GPU if there is one, else the CPU), a strategy of
+    #: transformers/accelerate ("auto", "balanced", "balanced_low_0", "sequential": a model larger than one
+    #: GPU is sharded over all of them), one device ("cpu", "cuda:1") or a JSON object {module: device}
+    device_map: str = ""
+    #: the dtype weights are loaded in: "" (as saved), float32, bfloat16 or float16. Deltas are tied to the
+    #: weights they were computed on: another dtype is another base (its fingerprint differs)
+    torch_dtype: str = ""
     #: Prefect deployment that runs the edit step on a GPU work pool ("edit-model/gpu"); None = in process.
     edit_deployment: str | None = None
     reviewers: tuple[str, ...] = ("demo-reviewer",)
@@ -156,6 +164,8 @@ class Settings:
             "KUS_AGREEMENT_SAMPLE": "agreement_sample",
             "KUS_MAX_TARGETS": "max_targets",
             "KUS_ANSWER_MATCH": "answer_match",
+            "KUS_DEVICE_MAP": "device_map",
+            "KUS_TORCH_DTYPE": "torch_dtype",
             "KUS_SIGNING_KEY": "signing_key_path",
             "KUS_LEASE_TTL": "lease_ttl_seconds",
             "KUS_HEARTBEAT": "heartbeat_seconds",
@@ -225,8 +235,37 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput(f"anchor_lock_mode must be COMPLIANCE or GOVERNANCE, got {out['anchor_lock_mode']!r}")
     if out.get("answer_match") is not None and out["answer_match"] not in ("auto", "exact", "leading"):
         raise InvalidInput(f"answer_match must be auto, exact or leading, got {out['answer_match']!r}")
+    if out.get("torch_dtype") not in (None, *TORCH_DTYPES):
+        raise InvalidInput(f"torch_dtype must be one of {[d for d in TORCH_DTYPES if d]} (or empty), "
+                           f"got {out['torch_dtype']!r}")
+    if out.get("device_map"):
+        out["device_map"] = _checked_device_map(str(out["device_map"]))
     if out.get("edit_mode") is not None and out["edit_mode"] not in EDIT_MODES:
         raise InvalidInput(f"edit_mode must be one of {EDIT_MODES}, got {out['edit_mode']!r}")
     if out.get("s3_checksums") not in (None, "when_required", "when_supported"):
         raise InvalidInput("s3_checksums must be 'when_required' or 'when_supported'")
     return out
+
+
+TORCH_DTYPES = ("", "float32", "bfloat16", "float16")
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _checked_device_map(text: str) -> str:
+    """A device map as transformers takes it: a strategy, one device, or a JSON object of module -> device."""
+    import json
+    import re
+
+    text = text.strip()
+    if text in DEVICE_MAP_STRATEGIES or re.fullmatch(r"cpu|cuda(:\d+)?|\d+", text):
+        return text
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError:
+        mapping = None
+    if not isinstance(mapping, dict) or not mapping or not all(
+            isinstance(k, str) and (isinstance(v, int) or (isinstance(v, str) and re.fullmatch(r"cpu|cuda(:\d+)?", v)))
+            for k, v in mapping.items()):
+        raise InvalidInput(f"device_map must be one of {list(DEVICE_MAP_STRATEGIES)}, a device (cpu, cuda:0) or a JSON "
+                           f"object of module name -> device (GPU index, 'cuda:N' or 'cpu'), got {text!r}")
+    return text

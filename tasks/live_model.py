@@ -103,7 +103,8 @@ def fetch_delta(ctx: ServiceContext, delta_id: str) -> Delta:
 def load_live_model(ctx: ServiceContext, model_name: str | None = None, head: str | None = "current") -> LiveModel:
     """Load base + effective chain up to `head` ('current' = the promoted head; None = the bare base model)."""
     model_name = model_name or ctx.settings.model_name
-    model, tokenizer = load_model(ctx.settings.model_path, device="cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model(ctx.settings.model_path, device="cuda" if torch.cuda.is_available() else "cpu",
+                                  dtype=ctx.settings.torch_dtype or None, device_map=ctx.settings.device_map or None)
     base_fp = weights_fingerprint(model)
     with ctx.db.session() as session:
         head_sha = repo.get_head(session, model_name) if head == "current" else head
