@@ -20,7 +20,7 @@ import torch
 
 from infra.encoding import encode_prompt, left_pad, pad_id
 
-__all__ = ["greedy_answers", "decode_batch", "inference_mode", "model_device"]
+__all__ = ["greedy_answers", "decode_batch", "inference_mode", "model_device", "last_logits_kwargs"]
 
 
 @contextlib.contextmanager
@@ -45,6 +45,18 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def last_logits_kwargs(model, keep: int) -> dict[str, int]:
+    """`{"logits_to_keep": keep}` where the model takes it: the vocabulary projection (a fifth of a small
+    model's compute, and a [batch, tokens, vocabulary] tensor: 190 MB for 64 prompts on SmolLM2) is then
+    made only for the last `keep` positions, the ones a caller reads."""
+    forward = getattr(model, "forward", None)
+    try:
+        accepted = "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        accepted = False
+    return {"logits_to_keep": int(keep)} if accepted and keep > 0 else {}
+
+
 def decode_batch(
     model,
     prompt_rows: Sequence[Sequence[int]],
@@ -65,8 +77,10 @@ def decode_batch(
     past = None
     step_ids, step_pos = ids, positions
     cache_kwarg = _cache_argument(model)
+    last_only = last_logits_kwargs(model, 1)
     for _ in range(max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, **{cache_kwarg: past})
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
+                    **{cache_kwarg: past}, **last_only)
         past = getattr(out, cache_kwarg)
         nxt = pick(out.logits[:, -1, :].float())  # [b]
         if eos_id is not None:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-from infra.decoding import decode_batch, greedy_answers, inference_mode, model_device
+from infra.decoding import decode_batch, greedy_answers, inference_mode, last_logits_kwargs, model_device
 from infra.encoding import encode_pair, encode_prompt, encode_text, pad_id, right_pad
 
 __all__ = ["greedy_answers", "answer_nll", "answer_scores", "perplexity", "generate_texts", "encode_pairs"]
@@ -58,12 +58,16 @@ def answer_scores(
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
             ids, mask = (t.to(device) for t in right_pad([p + a for p, a in chunk], pad))
-            logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # [b, t, v]
+            # only the answer positions are read: logits from the first of them on (not over the prompts)
+            first = min(len(p) for p, _ in chunk) - 1
+            keep = last_logits_kwargs(model, ids.shape[1] - first)
+            logits = model(input_ids=ids, attention_mask=mask, **keep).logits  # [b, t - first (or t), v]
+            offset = first if keep else 0
             for i, (p, a) in enumerate(chunk):
                 # answer token j sits at position len(p)+j and is predicted at position len(p)+j-1
-                pos = torch.arange(len(p) - 1, len(p) + len(a) - 1, device=device)
+                pos = torch.arange(len(p) - 1 - offset, len(p) + len(a) - 1 - offset, device=device)
                 target = torch.tensor(a, dtype=torch.long, device=device)
-                rows = logprobs[i, pos]  # [len(a), v]
+                rows = torch.log_softmax(logits[i, pos].float(), dim=-1)  # [len(a), v]
                 nll[start + i] = -rows.gather(-1, target[:, None]).double().mean().cpu()
                 exact[start + i] = bool((rows.argmax(-1) == target).all())
     return nll, exact
