@@ -415,16 +415,22 @@ def list_runs(session: Session, model_name: str | None = None, limit: int = 50) 
     return [_run(r) for r in session.scalars(query)]
 
 
-def rejected_attempts(session: Session, model_name: str, head: str | None) -> int:
-    """How many runs of `model_name` edited on top of `head` and were rejected: a retry of the same
-    outstanding facts should not repeat the same attempt."""
+def rejected_runs(session: Session, model_name: str, head: str | None) -> list[int]:
+    """Ids of the runs of `model_name` that edited on top of `head` and were rejected, oldest first: a
+    retry of the same outstanding facts should learn from them, not repeat them."""
     parent = DeltaRow.parent_sha.is_(None) if head is None else DeltaRow.parent_sha == head
     query = (
-        sa.select(sa.func.count()).select_from(RefreshRunRow)
+        sa.select(RefreshRunRow.id)
         .join(DeltaRow, DeltaRow.sha256 == RefreshRunRow.delta_sha)
         .where(RefreshRunRow.model_name == model_name, RefreshRunRow.status == "rejected", parent)
+        .order_by(RefreshRunRow.id)
     )
-    return int(session.scalar(query) or 0)
+    return [int(run_id) for run_id in session.scalars(query)]
+
+
+def rejected_attempts(session: Session, model_name: str, head: str | None) -> int:
+    """How many runs of `model_name` edited on top of `head` and were rejected."""
+    return len(rejected_runs(session, model_name, head))
 
 
 def open_runs(session: Session, model_name: str) -> list[RunRecord]:

@@ -19,7 +19,7 @@ from infra.context import ServiceContext, service_context
 from infra.errors import InvalidState
 from tasks.live_model import BASIS_BASE, LiveModel, fetch_delta, load_live_model
 from tasks.run_lease import heartbeat, keep_lease
-from tasks.run_artifacts import ANSWERS_AFTER_FILE, head_answers, load_sets, put_bytes, put_json
+from tasks.run_artifacts import ANSWERS_AFTER_FILE, EVALUATION_ROWS_AFTER_FILE, head_answers, load_sets, put_bytes, put_json
 from validation.agreement import (AgreementAnswers, agreement_answers, agreement_report, agreement_rows,
                                   base_readiness, knowledge_diff)
 from validation.answer_match import answer_match_for
@@ -99,7 +99,7 @@ def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
     by_relation = efficacy_by_relation(sets.targets, after)
     agreement = {"before": agree_before.to_json(), "after": agree_after.to_json()}
     put_json(ctx, run_id, "evaluation_rows_before.json", before.rows.to_dict(orient="records"))
-    put_json(ctx, run_id, "evaluation_rows_after.json", after.rows.to_dict(orient="records"))
+    put_json(ctx, run_id, EVALUATION_ROWS_AFTER_FILE, after.rows.to_dict(orient="records"))
     put_json(ctx, run_id, "retention_table.json", records)
     put_json(ctx, run_id, "agreement.json", agreement)
     diff = knowledge_diff(sets.agreement, said_before, said_after, match)

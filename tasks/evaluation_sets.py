@@ -13,21 +13,47 @@ from editing.registry import parse_plan, resolve_mode
 from infra import repository as repo
 from infra.audit import append_event
 from infra.context import ServiceContext, service_context
-from infra.errors import InvalidState
+from infra.domain import EditRequest
+from infra.errors import InvalidState, ServiceError
 from tasks.catalogue_inputs import heldout_text_for, templates_for
 from tasks.live_model import head_values
 from tasks.run_lease import keep_lease
-from tasks.run_artifacts import RunSets, put_json
+from tasks.run_artifacts import EVALUATION_ROWS_AFTER_FILE, RunSets, get_json, load_sets, put_json
+from validation.evaluate import targets_not_taken
 from validation.sets import build_agreement_set, build_regression_set, ledger_requests, ledger_targets
 
 log = logging.getLogger(__name__)
 
 
-def targets_cap(max_targets: int, rejected_attempts: int) -> int:
-    """How many facts a refresh edits: `max_targets`, halved for every rejected attempt on the same
-    head (at least one). A batch the gate rejected is retried smaller, so a hard batch does not block
-    every later refresh; the deferred facts stay outstanding and follow in feed order."""
-    return max(1, max_targets >> min(rejected_attempts, 30))
+#: facts named in the build_sets audit event when some are held back (the count is always complete)
+HELD_LISTED = 50
+
+
+def not_taken_in(ctx: ServiceContext, run_ids: list[int]) -> dict[tuple[str, str, str], str]:
+    """(subject, relation, new value) -> why, for every target that the rejected runs `run_ids` did
+    not take (see :func:`validation.evaluate.targets_not_taken`); runs whose files are missing are skipped."""
+    held: dict[tuple[str, str, str], str] = {}
+    for run_id in run_ids:
+        try:
+            targets = load_sets(ctx, run_id).targets
+            rows = get_json(ctx, run_id, EVALUATION_ROWS_AFTER_FILE)
+        except ServiceError as exc:
+            log.warning("run %s: its evaluation cannot be read (%s); nothing held back from it", run_id, exc)
+            continue
+        for target, why in targets_not_taken(targets, rows, ctx.settings.thresholds["paraphrase_min"]):
+            held[(target.subject, target.relation, target.target_new)] = f"run {run_id}: {why}"
+    return held
+
+
+def hold_back(targets: list[EditRequest], not_taken: dict[tuple[str, str, str], str]
+              ) -> tuple[list[EditRequest], list[EditRequest]]:
+    """(targets to edit now, targets held back): a retry on the same head leaves out the facts the
+    rejected attempts did not take (with the same new value), so the rest can pass the gate instead of
+    failing with them again and again. Held facts stay outstanding and come back once the head moves;
+    when every outstanding fact is held, they are all edited (there is nothing else to try)."""
+    held = [t for t in targets if (t.subject, t.relation, t.target_new) in not_taken]
+    kept = [t for t in targets if (t.subject, t.relation, t.target_new) not in not_taken]
+    return (kept, held) if kept else (targets, [])
 
 
 def build_sets(ctx: ServiceContext, run_id: int) -> str:
@@ -41,20 +67,24 @@ def build_sets(ctx: ServiceContext, run_id: int) -> str:
         ledger = repo.ledger(session, run.watermark_to)
         base = repo.base_values(session, set(live))
         facts = repo.accepted_facts(session)
-        attempt = repo.rejected_attempts(session, run.model_name, head)
+        rejected = repo.rejected_runs(session, run.model_name, head)
     plan = parse_plan(run.editor)
     mode = resolve_mode(plan, ctx.settings.edit_mode)
     targets = ledger_targets(ledger, live, base, templates)
     if not targets:
         raise InvalidState(f"run {run_id} has nothing to change: the live model says what the database says")
-    # bounded work: the first `cap` in feed order; the rest stay outstanding for the next refreshes
-    cap = targets_cap(ctx.settings.max_targets, attempt)
-    targets, deferred = targets[:cap], targets[cap:]
+    not_taken = not_taken_in(ctx, rejected) if rejected else {}
+    targets, held = hold_back(targets, not_taken)
+    if held:
+        log.warning("run %s: %d facts held back: the %d rejected attempt(s) on this head did not take them "
+                    "(they stay outstanding and come back once the head moves)", run_id, len(held), len(rejected))
+    # bounded work: the first `max_targets` in feed order; the rest stay outstanding for the next refreshes
+    cap = ctx.settings.max_targets
+    targets, deferred = targets[:cap], targets[cap:] + held
     deferred_keys = {(t.subject, t.relation) for t in deferred}
-    if deferred:
-        log.warning("run %s: %d facts to change, %d in this run (KUS_MAX_TARGETS %d%s); %d left to the next refreshes",
-                    run_id, len(targets) + len(deferred), len(targets), ctx.settings.max_targets,
-                    f", halved after {attempt} rejected attempt(s) on this head" if attempt else "", len(deferred))
+    if len(deferred) > len(held):
+        log.warning("run %s: %d facts to change, %d in this run (KUS_MAX_TARGETS %d); %d left to the next refreshes",
+                    run_id, len(targets) + len(deferred), len(targets), cap, len(deferred) - len(held))
     requests = ledger_requests([e for e in ledger if e.key not in deferred_keys], templates) \
         if mode == "cumulative" else targets
     # facts the service changed are judged by catalogue agreement; the regression set holds the rest
@@ -68,7 +98,10 @@ def build_sets(ctx: ServiceContext, run_id: int) -> str:
     with ctx.db.session() as session:
         append_event(session, run.started_by, "build_sets", f"run:{run_id}",
                      {"mode": mode, "plan": plan, "head": head, "targets": len(targets), "requests": len(requests),
-                      "deferred": len(deferred), "cap": cap, "rejected_attempts": attempt,
+                      "deferred": len(deferred), "cap": cap, "rejected_attempts": len(rejected),
+                      "held": len(held), "held_facts": [
+                          {"subject": t.subject, "relation": t.relation, "value": t.target_new,
+                           "why": not_taken[(t.subject, t.relation, t.target_new)]} for t in held[:HELD_LISTED]],
                       "ledger": len(ledger), "neighbourhood": len(regression.neighbourhood),
                       "unrelated": len(regression.unrelated), "heldout_texts": len(regression.heldout_text),
                       "agreement_changed": len(agreement.changed), "agreement_unchanged": len(agreement.unchanged)})

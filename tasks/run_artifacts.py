@@ -135,6 +135,8 @@ def sets_from_json(data: dict[str, Any]) -> tuple[list[EditRequest], RegressionS
 #: Run file: every answer the candidate (live model + the run's delta) gave during evaluation. Once the
 #: delta is promoted the candidate is the live model, and the next run's "before" pass starts from it.
 ANSWERS_AFTER_FILE = "answers_after.json"
+#: the after-edit evaluation, one row per scored item (validation.evaluate.ROW_COLUMNS)
+EVALUATION_ROWS_AFTER_FILE = "evaluation_rows_after.json"
 
 
 def head_answers(ctx: ServiceContext, head: str | None) -> tuple[AnswerMemo, int | None]:

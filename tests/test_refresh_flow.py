@@ -459,12 +459,20 @@ def test_a_refresh_edits_at_most_max_targets_and_the_rest_follow_in_feed_order(s
     second = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
     with service_context(settings) as ctx:
         assert [(t.subject, t.relation) for t in load_sets(ctx, second).targets] == keys[4:]
-    # a rejected batch is retried at half the size on the same head (4 -> 2 -> 1); the rest waits, outstanding
-    caps = []
-    for run_id in (second, None):
-        assert cli_as("bob", ["reject", str(run_id or caps[-1][0]), "--reason", "too much at once"]) == 0
-        retry = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
-        with service_context(settings) as ctx, ctx.db.session() as session:
+    # a retry on the same head leaves out what the rejected attempt did not take (they stay outstanding)
+    from tasks.run_artifacts import EVALUATION_ROWS_AFTER_FILE, get_json
+    from validation.evaluate import targets_not_taken
+
+    assert cli_as("bob", ["reject", str(second), "--reason", "did not generalise"]) == 0
+    with service_context(settings) as ctx:
+        rejected_targets = load_sets(ctx, second).targets
+        missed = {(t.subject, t.relation) for t, _ in targets_not_taken(
+            rejected_targets, get_json(ctx, second, EVALUATION_ROWS_AFTER_FILE), settings.thresholds["paraphrase_min"])}
+    retry = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
+    with service_context(settings) as ctx:
+        with ctx.db.session() as session:
             event = [e for e in repo_events(session) if e.action == "build_sets"][-1].payload
-        caps.append((retry, event["cap"], event["rejected_attempts"], event["targets"], event["deferred"]))
-    assert [c[1:] for c in caps] == [(2, 1, 2, 0), (1, 2, 1, 1)]
+        retried = [(t.subject, t.relation) for t in load_sets(ctx, retry).targets]
+    expected = [k for k in keys[4:] if k not in missed] or keys[4:]  # all held: all edited again
+    assert retried == expected and event["rejected_attempts"] == 1
+    assert event["held"] == len(keys[4:]) - len(expected) == len(event["held_facts"])

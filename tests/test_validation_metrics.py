@@ -425,3 +425,32 @@ def test_answer_match_exact_for_models_that_stop_leading_for_models_that_go_on_w
     diff = knowledge_diff(agreement, before, after, leading_answer)
     assert diff["counts"] == {"intended": 1, "broken": 0, "repaired": 0, "churn": 0}
     assert knowledge_diff(agreement, before, after)["counts"]["churn"] == 2  # exact: both read as wrong
+
+
+def test_targets_not_taken_names_unwritten_facts_and_facts_whose_paraphrases_fail() -> None:
+    from tasks.evaluation_sets import hold_back
+    from validation.evaluate import targets_not_taken
+
+    def req(subject: str, value: str) -> EditRequest:
+        return EditRequest(subject, "price", f"The price of {subject} is", value, "$1",
+                           paraphrases=(f"{subject} costs", f"{subject} sells for", f"You can buy {subject} for"))
+
+    targets = [req("A", "$5"), req("B", "$6"), req("C", "$7")]
+
+    def rows(main: bool, paraphrases: list[bool], t: EditRequest) -> list[dict]:
+        return ([{"kind": "target", "prompt": t.prompt, "greedy": t.target_new if main else "$1", "gen_correct": main}]
+                + [{"kind": "paraphrase", "prompt": p, "greedy": "", "gen_correct": ok} for p, ok in zip(t.paraphrases, paraphrases)])
+
+    records = (rows(True, [True, True, False], targets[0]) + rows(False, [True, True, True], targets[1])
+               + rows(True, [True, False, False], targets[2]) + [{"kind": "unrelated", "prompt": "x", "gen_correct": False}])
+    missed = targets_not_taken(targets, records, paraphrase_min=0.6)
+    assert [(t.subject, why.split(":")[0].split(" ")[0]) for t, why in missed] == [("B", "not"), ("C", "paraphrases")]
+    with pytest.raises(InvalidInput, match="scored"):
+        targets_not_taken(targets[:2], records, paraphrase_min=0.6)
+
+    not_taken = {(t.subject, t.relation, t.target_new): why for t, why in missed}
+    kept, held = hold_back(targets + [req("D", "$8")], not_taken)
+    assert [t.subject for t in kept] == ["A", "D"] and [t.subject for t in held] == ["B", "C"]
+    changed_again = req("B", "$9")  # the database moved on: a new value is tried again
+    assert hold_back([changed_again], not_taken) == ([changed_again], [])
+    assert hold_back(targets[1:], not_taken) == (targets[1:], [])  # everything held: edit them all again

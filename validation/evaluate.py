@@ -41,7 +41,7 @@ from validation.fluency import ngram_entropy
 from validation.scoring import answer_scores, generate_texts, greedy_answers, perplexity
 from validation.sets import RegressionSet
 
-__all__ = ["Evaluation", "evaluate", "retention_table", "SUMMARY_METRICS", "DERIVED_METRICS", "MAX_COMPETITORS"]
+__all__ = ["Evaluation", "evaluate", "retention_table", "targets_not_taken", "SUMMARY_METRICS", "DERIVED_METRICS", "MAX_COMPETITORS"]
 
 #: Summary keys of an :class:`Evaluation`, in table order.
 SUMMARY_METRICS = (
@@ -254,3 +254,31 @@ def efficacy_by_relation(targets: Sequence[EditRequest], evaluation: Evaluation)
     for entry in out.values():
         entry["efficacy"] = entry["written"] / entry["n"]
     return dict(sorted(out.items()))
+
+
+def targets_not_taken(targets: Sequence[EditRequest], rows: Sequence[dict], paraphrase_min: float
+                      ) -> list[tuple[EditRequest, str]]:
+    """The targets an edit did not take, with why: the main prompt does not answer the new value, or
+    fewer than `paraphrase_min` of its paraphrases do (the retention suite's paraphrase threshold,
+    applied to one fact).
+
+    `rows`: an evaluation's rows as records (``Evaluation.rows``, or the run file written from it), in
+    the order :func:`evaluate` scores them: each target, then its paraphrases.
+    """
+    items = [r for r in rows if r["kind"] in ("target", "paraphrase")]
+    expected = sum(1 + len(t.paraphrases) for t in targets)
+    if len(items) != expected:
+        raise InvalidInput(f"the evaluation scored {len(items)} target and paraphrase items, the targets have {expected}")
+    missed: list[tuple[EditRequest, str]] = []
+    at = 0
+    for target in targets:
+        main, paraphrases = items[at], items[at + 1 : at + 1 + len(target.paraphrases)]
+        at += 1 + len(target.paraphrases)
+        if main["kind"] != "target" or main["prompt"] != target.prompt:
+            raise InvalidInput(f"the evaluation's rows do not follow the targets (at {target.prompt!r})")
+        share = sum(bool(p["gen_correct"]) for p in paraphrases) / len(paraphrases) if paraphrases else 1.0
+        if not bool(main["gen_correct"]):
+            missed.append((target, f"not written: answered {main['greedy']!r}"))
+        elif share < paraphrase_min:
+            missed.append((target, f"paraphrases {share:.2f} < {paraphrase_min:.2f}"))
+    return missed
