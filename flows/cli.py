@@ -190,14 +190,18 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     from infra import repository as repo
     from infra.context import service_context
 
+    from infra.audit import events_for
+
     with service_context(settings) as ctx, ctx.db.session() as session:
         run = repo.get_run(session, args.run)
         rejections = repo.rejections_for(session, args.run)
         approvals = repo.approvals_for(session, args.run)
+        sets_event = ([{}] + [e.payload for e in events_for(session, f"run:{args.run}", "build_sets")])[-1]
     console.print(f"[bold]run {run.id}[/] {run.model_name} editor={run.editor} status={run.status} "
                   f"started by {run.started_by} delta={run.delta_sha or '-'}")
     if run.error:
         console.print(f"[red]error:[/] {_clip(run.error, 500)}")
+    print_left_out(sets_event)
     shown = rejections if args.all else rejections[:SHOWN_REJECTIONS]
     for rejection in shown:
         console.print(f"[yellow]rejected change {rejection.change_id}[/]: {_clip(rejection.reason)}", soft_wrap=True)
@@ -574,6 +578,22 @@ def print_validation(validation: dict[str, Any], metrics: dict[str, Any] | None 
 
 def _share(value: Any) -> str:
     return "-" if value is None else f"{float(value):.3f}"
+
+
+def print_left_out(sets_event: dict[str, Any]) -> None:
+    """The outstanding changes a run did not edit: over KUS_MAX_TARGETS, or held back because the
+    rejected attempts before it did not take them. Nothing left out goes unsaid."""
+    held = sets_event.get("held", 0)
+    over_cap = sets_event.get("deferred", 0) - held
+    if over_cap > 0:
+        console.print(f"[yellow]{over_cap} outstanding changes left to later refreshes[/] "
+                      f"(at most {sets_event.get('cap')} per run: KUS_MAX_TARGETS)")
+    if held:
+        console.print(f"[yellow]{held} changes held back[/]: the rejected attempt(s) on this head did not take them; "
+                      "they stay outstanding and come back once the head moves")
+        for fact in sets_event.get("held_facts", [])[:SHOWN_REJECTIONS]:
+            console.print(f"  {_one_line(fact['subject'])} {fact['relation']} -> {_one_line(fact['value'])} "
+                          f"({_clip(fact['why'])})", soft_wrap=True)
 
 
 def print_agreement(metrics: dict[str, Any]) -> None:

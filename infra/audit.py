@@ -155,6 +155,14 @@ def list_events(session: Session, after_seq: int = 0, limit: int | None = None) 
     return [_event(r) for r in session.scalars(query)]
 
 
+def events_for(session: Session, subject: str, action: str | None = None) -> list[AuditEvent]:
+    """The events about `subject` (e.g. "run:7"), optionally of one action, oldest first."""
+    query = sa.select(AuditEventRow).where(AuditEventRow.subject == subject)
+    if action is not None:
+        query = query.where(AuditEventRow.action == action)
+    return [_event(r) for r in session.scalars(query.order_by(AuditEventRow.seq))]
+
+
 def verify_chain(session: Session, key: bytes | None = None, anchor: dict[str, Any] | None = None,
                  check_triggers: bool = True) -> ChainReport:
     """Walk the whole chain and report the first thing that does not hold.

@@ -431,7 +431,8 @@ def test_approvals_are_signed_by_the_reviewer_and_cannot_be_forged(service: Sett
 
 
 @pytest.mark.parametrize("service", ["sqlite+local"], indirect=True)
-def test_a_refresh_edits_at_most_max_targets_and_the_rest_follow_in_feed_order(service: Settings, monkeypatch) -> None:
+def test_a_refresh_edits_at_most_max_targets_and_the_rest_follow_in_feed_order(service: Settings, monkeypatch,
+                                                                              capsys) -> None:  # noqa: ANN001
     """Bounded work: with KUS_MAX_TARGETS=4, six changes give a run of four targets (the first four
     in feed order, scored for agreement) and the next refresh, with no new change, takes the other two."""
     from flows.refresh import catalogue_refresh
@@ -454,6 +455,9 @@ def test_a_refresh_edits_at_most_max_targets_and_the_rest_follow_in_feed_order(s
     # agreement scores this run's targets as its changes, and the deferred facts nowhere
     assert {prompt for prompt, _, _ in sets.agreement.changed} == {t.prompt for t in sets.targets}
     assert not deferred_prompts & {prompt for prompt, _, _ in sets.agreement.unchanged}
+    capsys.readouterr()
+    assert cli(["show", str(first)]) == 0
+    assert "2 outstanding changes left to later refreshes" in " ".join(capsys.readouterr().out.split())
     assert cli_as("bob", ["approve", str(first), "--reason", "ok", "--override-validation"]) == 0
 
     second = catalogue_refresh(editor="ft", started_by="carol", hparams=TINY_FT)["run_id"]
@@ -476,3 +480,7 @@ def test_a_refresh_edits_at_most_max_targets_and_the_rest_follow_in_feed_order(s
     expected = [k for k in keys[4:] if k not in missed] or keys[4:]  # all held: all edited again
     assert retried == expected and event["rejected_attempts"] == 1
     assert event["held"] == len(keys[4:]) - len(expected) == len(event["held_facts"])
+    capsys.readouterr()
+    assert cli(["show", str(retry)]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert (f"{event['held']} changes held back" in shown) == bool(event["held"])
