@@ -185,15 +185,21 @@ def report() -> None:
         "a series' own first and last refreshes with care. `candidate` columns are the edited model each",
         "refresh proposed (what a reviewer saw), whether or not it was promoted.",
         "",
-        "| series | refreshes | passed | live: changed agree (last) | live: unchanged kept (last) | candidate: changed agree (last) | candidate: unchanged kept (last) | min candidate kept | ledger (last) | s/refresh first 5 | s/refresh last 5 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "`catalogue: changed agree` counts the changes a refresh left out (over the cap, or held back after a",
+        "rejection) as what they are, changes the live model does not say yet; `live: changed agree` scores only",
+        "the changes the run took on (series before 2026-11-29 evening lack the catalogue column).",
+        "",
+        "| series | refreshes | passed | live: changed agree (last) | catalogue: changed agree (last) | outstanding (last) | live: unchanged kept (last) | candidate: changed agree (last) | candidate: unchanged kept (last) | min candidate kept | ledger (last) | s/refresh first 5 | s/refresh last 5 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, rows in series.items():
         passed = sum(r["passed"] for r in rows)
         kept = [r["candidate_kept"] for r in rows if r["candidate_kept"] is not None]
         first = sum(r["seconds"] for r in rows[:5]) / min(5, len(rows))
         last = sum(r["seconds"] for r in rows[-5:]) / min(5, len(rows))
+        catalogue = rows[-1].get("catalogue_changed_agree")
         lines.append(f"| {name} | {len(rows)} | {passed}/{len(rows)} | {rows[-1]['agreement_changed']:.3f} | "
+                     f"{'–' if catalogue is None else f'{catalogue:.3f}'} | {rows[-1]['targets']} | "
                      f"{rows[-1]['unchanged_kept']:.3f} | {rows[-1]['candidate_changed']:.3f} | "
                      f"{rows[-1]['candidate_kept']:.3f} | {min(kept):.3f} | {rows[-1]['ledger']} | {first:.0f} | {last:.0f} |")
     failures: dict[str, dict[str, int]] = {}
