@@ -34,7 +34,7 @@ from infra.context import ServiceContext, current_user
 from infra.db.models import utc, utcnow
 from infra.errors import IntegrityMismatch, NotFound, ServiceError
 from infra.signing import approval_payload, read_reviewer_keys, verify
-from tasks.run_artifacts import artifact_key, load_sets, put_bytes
+from tasks.run_artifacts import VALIDATION_DOCS_FILE, artifact_key, load_sets, put_bytes
 
 #: The run report's name among the run's files (`runs/<id>/audit-report.html` in the store).
 RUN_REPORT_FILE = "audit-report.html"
@@ -153,6 +153,7 @@ class RunReport:
     validation_passed: bool | None
     checks: list[CheckLine]
     gx_result: str | None
+    gx_docs: str | None  # the Data Docs page of the same result (runs written before it have none)
     agreement: list[tuple[str, float | None, float | None, int | None]]
     decisions: list[DecisionLine]
     head_moves: list[HeadMove]
@@ -223,6 +224,7 @@ def run_report(ctx: ServiceContext, run_id: int, anchor: dict[str, Any] | None =
         approvals = repo.approvals_for(session, run_id)
         delta = repo.get_delta(session, run.delta_sha) if run.delta_sha else None
         gx_sha = repo.artifact_sha(session, run_id, GX_RESULT_FILE)
+        docs_sha = repo.artifact_sha(session, run_id, VALIDATION_DOCS_FILE)
         chain = ChainStatus.check(session, anchor)
         events = list_events(session)
     changes, total, source = _changes(ctx, run, {r.change_id for r in rejections})
@@ -247,6 +249,7 @@ def run_report(ctx: ServiceContext, run_id: int, anchor: dict[str, Any] | None =
         validation_passed=passed,
         checks=_checks(validation, run.metrics),
         gx_result=f"{artifact_key(run_id, GX_RESULT_FILE)} (sha256 {gx_sha})" if gx_sha else None,
+        gx_docs=f"{artifact_key(run_id, VALIDATION_DOCS_FILE)} (sha256 {docs_sha})" if docs_sha else None,
         agreement=_agreement(run.metrics),
         decisions=[_decision(a, run, keys, mine, passed) for a in approvals],
         head_moves=_head_moves(mine, run, keys),

@@ -137,6 +137,10 @@ def sets_from_json(data: dict[str, Any]) -> tuple[list[EditRequest], RegressionS
 ANSWERS_AFTER_FILE = "answers_after.json"
 #: the after-edit evaluation, one row per scored item (validation.evaluate.ROW_COLUMNS)
 EVALUATION_ROWS_AFTER_FILE = "evaluation_rows_after.json"
+#: the retention validation's full GX result (ExpectationSuiteValidationResult as JSON): the record
+VALIDATION_RESULT_FILE = "retention_validation.json"
+#: the same result as GX's Data Docs page, self-contained HTML that opens offline (validation.gx_docs)
+VALIDATION_DOCS_FILE = "retention_validation.html"
 
 
 def head_answers(ctx: ServiceContext, head: str | None) -> tuple[AnswerMemo, int | None]:

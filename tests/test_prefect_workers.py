@@ -103,6 +103,12 @@ def test_kus_deploy_and_two_process_workers_run_the_nightly_refresh_with_its_edi
             assert children[0].work_pool_name == "gpu"
             parent_run = client.read_flow_run(parent.id)
             assert parent_run.work_pool_name == "default"
+            # what the Prefect UI shows a reviewer: the review (changes, knowledge diff, validation) as an artifact
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[parent.id])))
+            [review] = [a for a in artifacts if (a.key or "").endswith("-review")]
+            assert "What changes" in str(review.data) and "efficacy_gen" in str(review.data)
     finally:
         _kill_marked(mark)
         for worker in workers:
