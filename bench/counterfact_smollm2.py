@@ -17,7 +17,9 @@ the edit prompt (teacher-forced). How many of them it also generates greedily is
     ./dev.sh bench counterfact_smollm2 --editors lora,ft --records 100 --batch 10 --minutes 30
 
 Results: bench/results/counterfact/<editor>.jsonl (a line per batch, written as it goes),
-counterfact_smollm2.md and counterfact_smollm2.png (scores against the number of edits).
+counterfact_smollm2.md and counterfact_smollm2.png (scores against the number of edits). Another model
+(`--model DIR --tag NAME`, e.g. the CounterFact-trained GPT-2 of `bench/counterfact_model_build.py`):
+bench/results/counterfact/NAME/<editor>.jsonl, counterfact_NAME.md and counterfact_NAME.png.
 """
 
 from __future__ import annotations
@@ -136,28 +138,36 @@ def run_editor(name: str, model, tok, known: list[dict], heldout: list[str], arg
     return rows
 
 
-def sweep_report() -> None:
+def sweep_report(tag: str | None = None) -> None:
     """The candidates' table: how the per-model defaults were chosen."""
     from series_files import read_series
 
-    lines = ["# CounterFact on SmolLM2-135M-Instruct: candidate settings per editor (2-core CPU)", "",
+    sweep_dir, stem, model_name = outputs(tag, sweep=True)
+    lines = [f"# CounterFact on {model_name}: candidate settings per editor (2-core CPU)", "",
              "Each candidate edits the same first known records (one sequence of batches); scores after the last "
-             "batch, as in `counterfact_smollm2.md`. Command: the `--candidates` form of `bench/counterfact_smollm2.py` "
-             "(see `counterfact_smollm2_notes.md`).", "",
+             f"batch, as in `{stem}.md`. Command: the `--candidates` form of `bench/counterfact_smollm2.py` "
+             f"(see `{stem}_notes.md`).", "",
              "| candidate | editor | overrides | edits | efficacy tf / gen | rephrase tf / gen | locality tf / gen | "
              "perplexity drift | s per edit |",
              "|---|---|---|---:|---|---|---|---:|---:|"]
-    for label, rows in read_series(SWEEP_DIR).items():
+    for label, rows in read_series(sweep_dir).items():
         r = rows[-1]
         lines.append(f"| {label} | {r['editor']} | `{json.dumps(r.get('overrides', {}))}` | {r['edits']} | "
                      f"{r['efficacy_tf']:.2f} / {r['efficacy_gen']:.2f} | {r['rephrase_tf']:.2f} / {r['rephrase_gen']:.2f} | "
                      f"{r['locality_tf']:.2f} / {r['locality_gen']:.2f} | {r['perplexity_drift']:+.3f} | "
                      f"{r['edit_seconds'] / r['edits']:.2f} |")
-    (RESULTS / "counterfact_smollm2_sweep.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}_sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def report() -> None:
+def outputs(tag: str | None, sweep: bool = False) -> tuple[Path, str, str]:
+    """(results folder, report file stem, model name in titles): SmolLM2's without a tag."""
+    if not tag:
+        return (SWEEP_DIR if sweep else OUT_DIR), "counterfact_smollm2", "SmolLM2-135M-Instruct"
+    return OUT_DIR / tag / ("sweep" if sweep else ""), f"counterfact_{tag}", tag
+
+
+def report(tag: str | None = None, command: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,8 +175,9 @@ def report() -> None:
 
     from series_files import read_series
 
-    series = read_series(OUT_DIR)
-    lines = ["# CounterFact on SmolLM2-135M-Instruct: sequential edits (2-core CPU)", "",
+    out_dir, stem, model_name = outputs(tag)
+    series = read_series(out_dir)
+    lines = [f"# CounterFact on {model_name}: sequential edits (2-core CPU)", "",
              "After the last batch of each editor; every score over all records edited so far. tf = teacher-forced "
              "(target_new more likely than the true object; locality: the neighbour's true object still more likely "
              "than target_new), gen = greedy generation (starts with target_new; locality: the neighbour's greedy "
@@ -178,7 +189,11 @@ def report() -> None:
         lines.append(f"| {name} | {r['edits']} | {r['batch_size']} | {r['efficacy_tf']:.2f} / {r['efficacy_gen']:.2f} | "
                      f"{r['rephrase_tf']:.2f} / {r['rephrase_gen']:.2f} | {r['locality_tf']:.2f} / {r['locality_gen']:.2f} | "
                      f"{r['perplexity_drift']:+.3f} | {r['edit_seconds'] / r['edits']:.2f} |")
-    (RESULTS / "counterfact_smollm2.md").write_text("\n".join(lines) + "\n")
+    if command:
+        lines += ["", "Command (the last run that wrote this table):", "", f"    {command}"]
+    if tag:
+        lines += ["", f"Every command, the settings chosen and what the rows mean: `{stem}_notes.md`."]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
     for ax, metric in zip(axes, ("efficacy", "rephrase", "locality")):
         for name, rows in series.items():
@@ -190,7 +205,7 @@ def report() -> None:
         ax.set_ylim(-0.02, 1.02)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "counterfact_smollm2.png", dpi=110)
+    fig.savefig(RESULTS / f"{stem}.png", dpi=110)
     print("\n".join(lines))
 
 
@@ -209,11 +224,16 @@ def main() -> None:
                         help='JSON {label: {"_editor": name, hyperparameter: value, ...}}: a settings sweep, '
                              "results in counterfact/sweep/ and counterfact_smollm2_sweep.md")
     parser.add_argument("--report", action="store_true", help="only write the table and plot from the results files")
+    parser.add_argument("--tag", default=None,
+                        help="results under counterfact/TAG/ and counterfact_TAG.md/.png (another --model); "
+                             "none: SmolLM2's files")
     args = parser.parse_args()
+    out_dir, _stem, _name = outputs(args.tag)
+    sweep_dir, _stem, _name = outputs(args.tag, sweep=True)
     if args.report:
-        report()
-        if SWEEP_DIR.is_dir():
-            sweep_report()
+        report(args.tag)
+        if sweep_dir.is_dir():
+            sweep_report(args.tag)
         return
 
     import torch
@@ -224,6 +244,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     if not (args.model / "model.safetensors").is_file():
+        if args.tag:
+            raise SystemExit(f"no model in {args.model}")
         pull_model("smollm2-135m", args.model)
     model, tok = load_model(args.model)
     records = json.loads(args.data.read_text())[: args.scan]
@@ -240,12 +262,13 @@ def main() -> None:
         for label, spec in json.loads(args.candidates).items():
             overrides = {k: v for k, v in spec.items() if k != "_editor"}
             run_editor(spec["_editor"], model, tok, known, heldout, args, base_ppl, locality_before,
-                       label=label, overrides=overrides, out_dir=SWEEP_DIR)
-            sweep_report()
+                       label=label, overrides=overrides, out_dir=sweep_dir)
+            sweep_report(args.tag)
         return
+    command = "OMP_NUM_THREADS=1 ./dev.sh bench counterfact_smollm2 " + " ".join(sys.argv[1:])
     for name in [e.strip() for e in args.editors.split(",") if e.strip()]:
-        run_editor(name, model, tok, known, heldout, args, base_ppl, locality_before)
-    report()
+        run_editor(name, model, tok, known, heldout, args, base_ppl, locality_before, out_dir=out_dir)
+        report(args.tag, command if args.tag else None)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ Training text is every fact under its main prompt and every paraphrase, written 
 `f"{prompt} {object}{eos}"`, plus generic catalogue sentences (so the model still writes fluent text).
 The loss is the LM loss with the answer tokens weighted up; training stops as soon as greedy accuracy
 on the main prompts reaches `target_accuracy`. `ensure_demo_model` keeps one built model per build key
-(a hash of facts, templates and config) and reuses it.
+(a hash of facts, templates and config) and reuses it. The training itself is `train_small_gpt2`
+(pairs, generic texts, the pairs that stop training), public for other small worlds: the
+CounterFact-trained GPT-2 of `bench/counterfact_model_build.py` uses it.
 """
 
 from __future__ import annotations
@@ -344,47 +346,73 @@ def _lr_lambda(cfg: DemoModelConfig, total_steps: int):  # noqa: ANN202
     return factor
 
 
-def build_demo_model(
-    facts: Sequence[Fact],
-    templates: RelationTemplates,
-    out_dir: Path,
+@dataclass
+class SmallGPT2:
+    """What `train_small_gpt2` produced: the trained model (eval mode) and its tokenizer, both saved."""
+
+    model: Any
+    tokenizer: Any
+    accuracy: float  # greedy exact match on `main_pairs`
+    eval_accuracy: dict[str, float]  # greedy exact match on each named `eval_sets` entry
+    n_params: int
+    epochs: int
+    teacher_forced_accuracy: float
+    n_sequences: int
+    n_texts: int
+
+
+def train_small_gpt2(
+    pairs: Sequence[tuple[str, str]],
+    texts: Sequence[str],
+    main_pairs: Sequence[tuple[str, str]],
     config: DemoModelConfig,
+    out_dir: Path,
+    profile: str = PROFILE,
     progress: bool = True,
-) -> DemoModelReport:
-    """Train a tokenizer and a small GPT-2 on the catalogue until it answers the main prompts.
+    eval_sets: dict[str, Sequence[tuple[str, str]]] | None = None,
+    desc: str = "demo model",
+) -> SmallGPT2:
+    """Train a byte-level BPE tokenizer and a small GPT-2 from scratch on question-answer pairs and text.
+
+    The demo model's recipe (`build_demo_model` is this on the catalogue), public so that other
+    small worlds (e.g. a CounterFact slice, `bench/counterfact_model_build.py`) reuse it.
 
     Args:
-        facts: the catalogue to memorise.
-        templates: relation templates (main prompt and paraphrases per relation).
-        out_dir: where the model directory is written (created; existing files are overwritten).
-        config: architecture and training recipe.
-        progress: show a progress bar.
+        pairs: (prompt, answer) training pairs, each written `f"{prompt} {answer}{eos}"`, the answer
+            tokens weighted by `config.answer_weight`.
+        texts: generic sentences trained with plain LM loss (also in the tokenizer's corpus).
+        main_pairs: the pairs whose prompts stop training early: once teacher-forced accuracy on the
+            training pairs with those prompts reaches `config.target_accuracy`; after training, the
+            greedy exact-match accuracy on them is `accuracy`.
+        config: architecture and training recipe (`n_generic` is not used here: `texts` is given).
+        out_dir: where the model and tokenizer are saved (created; existing files are overwritten).
+        profile: the editor-defaults profile written into the model's config (`kus_profile`).
+        progress: show a progress bar (labelled `desc`).
+        eval_sets: more (prompt, answer) sets to score greedily after training, by name.
 
     Returns:
-        The report, also written to `out_dir/build_report.json`. If `max_epochs` runs out before
-        `target_accuracy` is reached, the model is still saved and a warning is logged.
+        The model, tokenizer and figures; nothing is logged as a warning here (the caller decides
+        what a short accuracy means).
     """
     from tqdm.auto import tqdm
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    _check_inputs(facts, templates)
-    started = time.perf_counter()
+    if not pairs:
+        raise InvalidInput("no pairs to train on")
     old_threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     try:
         torch.manual_seed(config.seed)
         rng = random.Random(config.seed)
-        pairs = training_pairs(facts, templates)
-        generic = generic_texts(facts, n=config.n_generic, seed=config.seed)
-        corpus = [f"{p} {a}" for p, a in pairs] + generic
+        corpus = [f"{p} {a}" for p, a in pairs] + list(texts)
         tokenizer = _train_tokenizer(corpus, config.vocab_size)
         pad_id = tokenizer.pad_token_id
 
-        main_prompts = {templates[f.relation].render(f.subject) for f in facts}
+        main_prompts = {p for p, _ in main_pairs}
         examples = [_encode_pair(tokenizer, p, a, config) for p, a in pairs]
         main_examples = [e for e, (p, _) in zip(examples, pairs) if p in main_prompts]
-        examples += [_encode_text(tokenizer, t) for t in generic]
+        examples += [_encode_text(tokenizer, t) for t in texts]
         longest = max(len(e.ids) for e in examples)
         if longest > config.n_positions:
             raise InvalidInput(f"a training sequence has {longest} tokens, more than n_positions={config.n_positions}")
@@ -402,7 +430,7 @@ def build_demo_model(
                 bos_token_id=tokenizer.eos_token_id,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=pad_id,
-                kus_profile=PROFILE,
+                kus_profile=profile,
             )
         )
         n_params = sum(p.numel() for p in model.parameters())
@@ -414,12 +442,12 @@ def build_demo_model(
             optimizer, _lr_lambda(config, steps_per_epoch * config.max_epochs)
         )
         log.info(
-            "building demo model: %d facts, %d sequences (%d generic), %d params, vocab %d",
-            len(facts), len(examples), len(generic), n_params, len(tokenizer),
+            "building %s: %d pairs, %d sequences (%d generic), %d params, vocab %d",
+            desc, len(pairs), len(examples), len(texts), n_params, len(tokenizer),
         )
 
         epochs, tf_acc = 0, 0.0
-        bar = tqdm(range(config.max_epochs), desc="demo model", unit="epoch", disable=not progress)
+        bar = tqdm(range(config.max_epochs), desc=desc, unit="epoch", disable=not progress)
         for epoch in bar:
             model.train()
             total = 0.0
@@ -445,45 +473,85 @@ def build_demo_model(
         bar.close()
 
         model.eval()
-        accuracy = fact_accuracy(model, tokenizer, facts, templates)
-        para_accuracy = paraphrase_accuracy(model, tokenizer, facts, templates)
-        if accuracy < config.target_accuracy:
-            log.warning(
-                "demo model reached only %.3f accuracy (target %.3f) after %d epochs",
-                accuracy, config.target_accuracy, epochs,
-            )
+        accuracy = prompt_accuracy(model, tokenizer, main_pairs)
+        scored = {name: prompt_accuracy(model, tokenizer, sub) for name, sub in (eval_sets or {}).items()}
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
-        seconds = time.perf_counter() - started
-        report = DemoModelReport(
-            path=out_dir,
-            accuracy=accuracy,
-            n_params=n_params,
-            seconds=round(seconds, 2),
-            epochs=epochs,
-            fingerprint=weights_fingerprint(model),
-            paraphrase_accuracy=para_accuracy,
-            build_key=build_key(facts, templates, config),
-            built_at=datetime.now(timezone.utc).isoformat(),
-            extra={
-                "n_facts": len(facts),
-                "n_sequences": len(examples),
-                "n_generic": len(generic),
-                "vocab_size": len(tokenizer),
-                "teacher_forced_accuracy": tf_acc,
-                "config": asdict(config),
-            },
+        return SmallGPT2(
+            model=model, tokenizer=tokenizer, accuracy=accuracy, eval_accuracy=scored, n_params=n_params,
+            epochs=epochs, teacher_forced_accuracy=tf_acc, n_sequences=len(examples), n_texts=len(texts),
         )
-        (out_dir / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=2, sort_keys=True))
-        log.info(
-            "demo model built in %.1f s, %d epochs: accuracy %.3f, paraphrase accuracy %.3f",
-            seconds, epochs, accuracy, para_accuracy,
-        )
-        return report
     finally:
         torch.set_num_threads(old_threads)
+
+
+def build_demo_model(
+    facts: Sequence[Fact],
+    templates: RelationTemplates,
+    out_dir: Path,
+    config: DemoModelConfig,
+    progress: bool = True,
+) -> DemoModelReport:
+    """Train a tokenizer and a small GPT-2 on the catalogue until it answers the main prompts.
+
+    Args:
+        facts: the catalogue to memorise.
+        templates: relation templates (main prompt and paraphrases per relation).
+        out_dir: where the model directory is written (created; existing files are overwritten).
+        config: architecture and training recipe.
+        progress: show a progress bar.
+
+    Returns:
+        The report, also written to `out_dir/build_report.json`. If `max_epochs` runs out before
+        `target_accuracy` is reached, the model is still saved and a warning is logged.
+    """
+    _check_inputs(facts, templates)
+    started = time.perf_counter()
+    pairs = training_pairs(facts, templates)
+    generic = generic_texts(facts, n=config.n_generic, seed=config.seed)
+    main_pairs = [(templates[f.relation].render(f.subject), answer_text(f, templates)) for f in facts]
+    paraphrase_pairs = [
+        (p, answer_text(f, templates)) for f in facts for p in templates[f.relation].render_paraphrases(f.subject)
+    ]
+    trained = train_small_gpt2(
+        pairs, generic, main_pairs, config, out_dir, profile=PROFILE, progress=progress,
+        eval_sets={"paraphrase": paraphrase_pairs},
+    )
+    accuracy, para_accuracy = trained.accuracy, trained.eval_accuracy["paraphrase"]
+    if accuracy < config.target_accuracy:
+        log.warning(
+            "demo model reached only %.3f accuracy (target %.3f) after %d epochs",
+            accuracy, config.target_accuracy, trained.epochs,
+        )
+    out_dir = Path(out_dir)
+    seconds = time.perf_counter() - started
+    report = DemoModelReport(
+        path=out_dir,
+        accuracy=accuracy,
+        n_params=trained.n_params,
+        seconds=round(seconds, 2),
+        epochs=trained.epochs,
+        fingerprint=weights_fingerprint(trained.model),
+        paraphrase_accuracy=para_accuracy,
+        build_key=build_key(facts, templates, config),
+        built_at=datetime.now(timezone.utc).isoformat(),
+        extra={
+            "n_facts": len(facts),
+            "n_sequences": trained.n_sequences,
+            "n_generic": len(generic),
+            "vocab_size": len(trained.tokenizer),
+            "teacher_forced_accuracy": trained.teacher_forced_accuracy,
+            "config": asdict(config),
+        },
+    )
+    (out_dir / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=2, sort_keys=True))
+    log.info(
+        "demo model built in %.1f s, %d epochs: accuracy %.3f, paraphrase accuracy %.3f",
+        seconds, trained.epochs, accuracy, para_accuracy,
+    )
+    return report
 
 
 def read_report(model_dir: Path) -> DemoModelReport | None:
