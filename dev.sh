@@ -26,11 +26,19 @@ start_postgres() {
   fi
 }
 
+ensure_chromium() {  # the audit report and GX Data Docs tests open their pages in headless Chromium
+  if ! command -v chromium >/dev/null; then
+    echo "installing Debian's chromium for the page tests..." >&2
+    { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+      || echo "could not install chromium: tests/test_audit_report.py and tests/test_gx_docs.py will fail" >&2
+  fi
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
   demo) exec .venv/bin/kus demo "$@" ;;
-  test) start_postgres; exec .venv/bin/python -m pytest "$@" ;;
+  test) start_postgres; ensure_chromium; exec .venv/bin/python -m pytest "$@" ;;
   bench) name=$1; shift; exec .venv/bin/python "bench/$name.py" "$@" ;;
   kus) exec .venv/bin/kus "$@" ;;
   *) sed -n '2,8p' "$0"; exit 2 ;;
