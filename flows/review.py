@@ -53,6 +53,20 @@ def review_markdown(ctx: ServiceContext, run_id: int) -> str:
                              f"{_cell(item['after'])} |")
             if len(diff[section]) > LISTED:
                 lines.append(f"| ... and {len(diff[section]) - LISTED} more | | | |")
+    agreement = (run.metrics or {}).get("agreement") or {}
+    if agreement:
+        before, after_agree = agreement.get("before", {}), agreement.get("after", {})
+
+        def share(value: Any) -> str:
+            return "-" if value is None else f"{float(value):.3f}"
+
+        lines += ["", "## Catalogue agreement (does the model say what the database says?)", "",
+                  "| facts | live model | edited model | asked |", "|---|---:|---:|---:|",
+                  f"| changed facts | {share(before.get('changed'))} | {share(after_agree.get('changed'))} | "
+                  f"{after_agree.get('n_changed', 0)} |",
+                  f"| unchanged facts | {share(before.get('unchanged'))} | {share(after_agree.get('unchanged'))} | "
+                  f"{after_agree.get('n_unchanged', 0)} |",
+                  f"| unchanged facts the base knew, still right | - | {share(after_agree.get('unchanged_kept'))} | |"]
     lines += ["", f"## Retention validation: {'PASS' if validation.get('success') else 'FAIL'}", "",
               "| metric | observed | bound | result |", "|---|---:|---|---|"]
     for check in validation.get("checks", []):

@@ -148,6 +148,9 @@ def test_refresh_approve_promote_rollback(service: Settings, tiny_world, capsys)
     with service_context(service) as ctx, ctx.db.session() as session:
         counts = repo.get_run(session, run_id).metrics["knowledge_diff"]
     assert f"- **broken: {counts['broken']}**" in review and counts["intended"] >= 1
+    with service_context(service) as ctx, ctx.db.session() as session:
+        agreed = repo.get_run(session, run_id).metrics["agreement"]["after"]
+    assert "## Catalogue agreement" in review and f"{agreed['changed']:.3f} | {agreed['n_changed']} |" in review
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
