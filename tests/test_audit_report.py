@@ -8,8 +8,6 @@ The screenshot is kept under var/test-artifacts/ for a person to look at.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,22 +22,16 @@ from infra.domain import Fact
 from infra.settings import Settings
 from tasks.run_artifacts import artifact_key, get_bytes
 from tests.test_refresh_flow import TINY_SAUL, _apply_swaps, cli_as, service  # noqa: F401 - `service` is a fixture
+from tests.headless_chromium import chromium
 
-CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "test-artifacts"
 #: A subject and a reason as a hostile or careless user might type them: they must show as text.
 HOSTILE_SUBJECT = "<script>alert('subject')</script>"
 HOSTILE_REASON = "checked <script>alert('reason')</script> & signed"
 
 
-def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install it (`apt-get install -y chromium`; .ci/run does) to check the "
-                    "audit report as a reader sees it")
-    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+def _chromium(*args: str, profile: Path):  # noqa: ANN202
+    return chromium(*args, profile=profile, page="the audit report")
 
 
 def _text(html: str) -> str:

@@ -12,8 +12,6 @@ import hashlib
 import logging
 import math
 import re
-import shutil
-import subprocess
 from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -30,8 +28,8 @@ from infra.settings import DEFAULT_THRESHOLDS, Settings
 from tasks.run_artifacts import VALIDATION_DOCS_FILE, VALIDATION_RESULT_FILE, get_bytes, get_json
 from validation.gx_docs import render_validation_docs
 from validation.gx_suites import validate_retention
+from tests.headless_chromium import chromium
 
-CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "test-artifacts"
 
 #: after-edit values, each distinct so that it can be found on the page; agreement_changed fails (min 0.9)
@@ -137,14 +135,8 @@ def test_page_shows_every_check_with_its_value_and_verdict_and_needs_no_network(
     assert sum(part.count('aria-label="passed"') for part in _sections(passing).values()) == 18
 
 
-def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install it (`apt-get install -y chromium`; .ci/run does) to check the "
-                    "Data Docs page as a reader sees it")
-    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+def _chromium(*args: str, profile: Path):  # noqa: ANN202
+    return chromium(*args, profile=profile, page="the Data Docs page")
 
 
 def test_page_opens_offline_in_chromium_and_its_filter_works(tmp_path: Path) -> None:
