@@ -6,10 +6,8 @@ and the run ends awaiting a reviewer's approval, recorded as started by the depl
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -18,32 +16,9 @@ import pytest
 from infra import repository as repo
 from infra.context import service_context
 from infra.settings import Settings
+from tests.test_work_pool import _kill_marked, _wait
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _kill_marked(mark: str) -> None:
-    """SIGKILL every process carrying `mark` in its environment: the workers and the flow runs they started."""
-    name, _, value = mark.partition("=")
-    needle = f"{name}={value}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            continue
-
-
-def _wait(predicate, timeout: float, what: str, every: float = 1.0):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"gave up after {timeout} s waiting for {what}")
 
 
 def test_kus_deploy_and_two_process_workers_run_the_nightly_refresh_with_its_edit_on_the_gpu_pool(
@@ -92,7 +67,7 @@ def test_kus_deploy_and_two_process_workers_run_the_nightly_refresh_with_its_edi
                 return state if state is not None and state.is_final() else None
 
             try:
-                state = _wait(finished, 420, "the nightly refresh to finish on the default pool's worker")
+                state = _wait(finished, 420, every=1.0)  # the nightly refresh finishing on the default pool's worker
             except AssertionError:
                 pytest.fail("refresh never finished; worker logs:\n" + "\n".join(
                     f"--- {pool}\n{(tmp_path / f'worker-{pool}.log').read_text()[-3000:]}" for pool in logs))
