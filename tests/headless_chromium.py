@@ -22,3 +22,13 @@ def chromium(*args: str, profile: Path, page: str) -> subprocess.CompletedProces
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                f"--user-data-dir={profile}", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def screenshot(page_file: Path, png: Path, height: int, profile: Path, page: str) -> None:
+    """Save what a reader sees of `page_file` as `png` (kept for a person to look at) and check it is a real picture."""
+    png.unlink(missing_ok=True)
+    shot = chromium(f"--screenshot={png}", f"--window-size=1280,{height}", "--hide-scrollbars", page_file.as_uri(),
+                    profile=profile, page=page)
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000, f"{png}: {len(data)} bytes"

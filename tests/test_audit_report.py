@@ -22,7 +22,7 @@ from infra.domain import Fact
 from infra.settings import Settings
 from tasks.run_artifacts import artifact_key, get_bytes
 from tests.test_refresh_flow import TINY_SAUL, _apply_swaps, cli_as, service  # noqa: F401 - `service` is a fixture
-from tests.headless_chromium import chromium
+from tests.headless_chromium import chromium, screenshot
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "test-artifacts"
 #: A subject and a reason as a hostile or careless user might type them: they must show as text.
@@ -103,13 +103,7 @@ def test_run_report_and_summary_show_the_history_and_open_in_chromium(service: S
                      "VERIFIED", "ROLLED BACK", "PASS" if passed else "FAIL"):
         assert expected in shown, expected
     assert "&lt;script&gt;alert" in dom.stdout and "<script" not in dom.stdout.lower()
-    png = ARTIFACTS / f"audit-report-run-{run_id}.png"
-    png.unlink(missing_ok=True)
-    shot = _chromium(f"--screenshot={png}", "--window-size=1280,2000", "--hide-scrollbars", run_file.as_uri(),
-                     profile=tmp_path / "chromium")
-    assert shot.returncode == 0, shot.stderr[-2000:]
-    data = png.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000, f"{png}: {len(data)} bytes"
+    screenshot(run_file, ARTIFACTS / f"audit-report-run-{run_id}.png", 2000, tmp_path / "chromium", "the audit report")
 
 
 def test_a_tampered_trail_shows_broken_in_the_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -28,7 +28,7 @@ from infra.settings import DEFAULT_THRESHOLDS, Settings
 from tasks.run_artifacts import VALIDATION_DOCS_FILE, VALIDATION_RESULT_FILE, get_bytes, get_json
 from validation.gx_docs import render_validation_docs
 from validation.gx_suites import validate_retention
-from tests.headless_chromium import chromium
+from tests.headless_chromium import chromium, screenshot
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "test-artifacts"
 
@@ -163,13 +163,7 @@ def test_page_opens_offline_in_chromium_and_its_filter_works(tmp_path: Path) -> 
     assert hidden == {sid for metric, sid in sections.items() if metric != FAILING}, (hidden, sections)
 
     page.write_text(html, encoding="utf-8")
-    png = ARTIFACTS / "gx-data-docs.png"
-    png.unlink(missing_ok=True)
-    shot = _chromium(f"--screenshot={png}", "--window-size=1280,1400", "--hide-scrollbars", page.as_uri(),
-                     profile=tmp_path / "chromium")
-    assert shot.returncode == 0, shot.stderr[-2000:]
-    data = png.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000, f"{png}: {len(data)} bytes"
+    screenshot(page, ARTIFACTS / "gx-data-docs.png", 1400, tmp_path / "chromium", "the Data Docs page")
 
 
 # ------------------------------------------------------------------------------ kept with the run
