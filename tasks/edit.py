@@ -24,6 +24,7 @@ from editing.protocol import EditContext
 from editing.registry import hparams_for_model
 from infra import repository as repo
 from infra.audit import append_event
+from infra.memory import releases_memory
 from infra.context import ServiceContext, service_context
 from infra.decoding import greedy_answers
 from infra.domain import EditRequest
@@ -125,6 +126,7 @@ def reseeded(steps: list[tuple[str, Any]], attempt: int, overrides: dict[str, An
     return out
 
 
+@releases_memory
 def compute_delta(ctx: ServiceContext, run_id: int, editor_name: str | None = None,
                   hparams_overrides: dict[str, Any] | None = None) -> str:
     """Returns the stored delta's id. `editor_name` is the run's plan (the sets file is authoritative)."""

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from infra import repository as repo
 from infra.audit import append_event
+from infra.memory import releases_memory
 from infra.context import ServiceContext, service_context
 from infra.errors import InvalidState
 from tasks.live_model import BASIS_BASE, LiveModel, fetch_delta, load_live_model
@@ -57,6 +58,7 @@ def base_answers(ctx: ServiceContext, live: LiveModel, agreement: AgreementSet) 
     return answers
 
 
+@releases_memory
 def evaluate_delta(ctx: ServiceContext, run_id: int) -> dict:
     """Stores per-item rows, the retention table and the agreement report with the run."""
     keep_lease(ctx, run_id)
