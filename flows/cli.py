@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    if args.quiet:  # warnings only: no progress bar either, ours or a library's (tqdm reads this when imported)
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         settings = Settings.load()
         # a command run from inside another (the demo calls approve) keeps the outer command's logging

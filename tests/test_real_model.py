@@ -21,10 +21,30 @@ PROMPT, TRUE, NEW = "Danielle Darrieux's mother tongue is", "French", "English"
 
 
 @pytest.fixture(scope="module")
-def pulled(tmp_path_factory):
+def quiet_pull(tmp_path_factory):
+    """`kus -q models pull` as a user types it: (model directory, the finished command)."""
+    from tests.test_cli import kus
+
+    root = tmp_path_factory.mktemp("models")
+    dest = root / "smollm2-135m"
+    return dest, kus("-q", "models", "pull", "smollm2-135m", "--dest", str(dest), home=root / "home")
+
+
+@pytest.fixture(scope="module")
+def pulled(quiet_pull):
     from infra.model_pull import pull_model
 
-    return pull_model("smollm2-135m", tmp_path_factory.mktemp("models") / "smollm2-135m")
+    dest, result = quiet_pull
+    assert result.returncode == 0, result.stdout + result.stderr
+    return pull_model("smollm2-135m", dest)  # the conversion the command made, read back
+
+
+def test_a_quiet_pull_prints_how_to_use_the_model_and_no_progress_bars(quiet_pull) -> None:
+    dest, result = quiet_pull
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"KUS_BASE_MODEL={dest}" in result.stdout
+    bars = [line for line in (result.stdout + result.stderr).replace("\r", "\n").splitlines() if "it/s]" in line]
+    assert not bars, bars[:3]
 
 
 @pytest.fixture(scope="module")
