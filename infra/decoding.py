@@ -20,7 +20,13 @@ import torch
 
 from infra.encoding import encode_prompt, left_pad, pad_id
 
-__all__ = ["greedy_answers", "decode_batch", "inference_mode", "model_device", "last_logits_kwargs"]
+__all__ = ["greedy_answers", "decode_batch", "inference_mode", "model_device", "last_logits_kwargs",
+           "memory_sized_batches", "vocabulary_size", "LOGITS_BUDGET"]
+
+#: Bytes one forward pass's logits may take while scoring (float32 [rows, tokens, vocabulary], and
+#: as much again for their log-softmax). Rows per pass are cut to fit: on SmolLM2 (49,152 words) a
+#: batch of 32 held-out sentences of 60 tokens would otherwise hold 750 MB, more than the model.
+LOGITS_BUDGET = 128 * 2**20
 
 
 @contextlib.contextmanager
@@ -55,6 +61,32 @@ def last_logits_kwargs(model, keep: int) -> dict[str, int]:
     except (TypeError, ValueError):
         accepted = False
     return {"logits_to_keep": int(keep)} if accepted and keep > 0 else {}
+
+
+def vocabulary_size(model) -> int:
+    """Width of the model's logits (the output embedding's rows, else the config's vocab_size)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
+
+
+def memory_sized_batches(lengths: Sequence[int], vocabulary: int, max_rows: int,
+                         budget: int = LOGITS_BUDGET, copies: int = 2) -> Iterator[slice]:
+    """Consecutive slices of rows (in order) whose logits fit `budget` bytes: rows x longest row's
+    logit positions x `vocabulary` x 4 bytes x `copies`, and at most `max_rows` rows; a row that alone
+    exceeds the budget is a batch of its own. `lengths`: logit positions each row needs."""
+    if max_rows < 1:
+        raise ValueError("max_rows must be >= 1")
+    start, n = 0, len(lengths)
+    while start < n:
+        end, longest = start + 1, lengths[start]
+        while end < n and end - start < max_rows:
+            widest = max(longest, lengths[end])
+            if (end - start + 1) * widest * vocabulary * 4 * copies > budget:
+                break
+            end, longest = end + 1, widest
+        yield slice(start, end)
+        start = end
 
 
 def decode_batch(
@@ -101,7 +133,7 @@ def decode_batch(
 
 
 def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 64,
-                   progress: str | None = None) -> list[str]:
+                   progress: str | None = None, logits_budget: int = LOGITS_BUDGET) -> list[str]:
     """The model's greedy continuation of each prompt, up to eos or `max_new_tokens`, stripped.
 
     Args:
@@ -109,7 +141,8 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
         tokenizer: its (fast) tokenizer; pad may equal eos.
         prompts: rendered prompts without trailing space.
         max_new_tokens: the longest answer generated.
-        batch_size: prompts per forward pass.
+        batch_size: prompts per forward pass at most (fewer where their logits would exceed
+            `logits_budget` bytes: a model that cannot keep only the last position's logits).
         progress: a label for a progress bar with the time left (tqdm, on stderr); None: no bar.
     """
     if batch_size < 1:
@@ -121,8 +154,10 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
 
     with inference_mode(model), tqdm(total=len(encoded), desc=progress, unit="prompt", leave=False,
                                      disable=progress is None) as bar:
-        for start in range(0, len(encoded), batch_size):
-            rows = encoded[start : start + batch_size]
+        last_only = bool(last_logits_kwargs(model, 1))
+        lengths = [1 if last_only else len(e) + max_new_tokens for e in encoded]
+        for batch in memory_sized_batches(lengths, vocabulary_size(model), batch_size, logits_budget, copies=1):
+            rows = encoded[batch]
             gen = decode_batch(model, rows, pad, eos_id, max_new_tokens, lambda logits: logits.argmax(-1))
             answers.extend(tokenizer.decode(g, skip_special_tokens=True).strip() for g in gen)
             bar.update(len(rows))

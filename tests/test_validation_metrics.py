@@ -145,6 +145,37 @@ def test_perplexity_is_lower_on_trained_text_than_on_shuffled_text(lm):
     assert perplexity(model, tok, texts, batch_size=3) == pytest.approx(trained, rel=1e-5)
 
 
+def test_memory_sized_batches_cover_every_row_in_order_within_the_budget() -> None:
+    from infra.decoding import memory_sized_batches
+
+    lengths = [3, 10, 2, 2, 40, 1, 5, 5, 5, 5]
+    vocab, budget = 100, 100 * 4 * 2 * 12  # room for 12 logit positions per pass (logits + log-softmax)
+    batches = list(memory_sized_batches(lengths, vocab, max_rows=3, budget=budget))
+    assert [i for b in batches for i in range(b.start, b.stop)] == list(range(len(lengths)))
+    for b in batches:
+        rows = lengths[b]
+        assert len(rows) <= 3
+        assert len(rows) == 1 or len(rows) * max(rows) * vocab * 4 * 2 <= budget
+    assert [lengths[b] for b in batches][:3] == [[3], [10], [2, 2]]  # 3 and 10 together need 20 positions
+    assert lengths[batches[3]] == [40]  # alone over the budget: a batch of its own, never dropped
+    big = list(memory_sized_batches(lengths, vocab, max_rows=64, budget=2**40))
+    assert big == [slice(0, len(lengths))]
+
+
+def test_scores_do_not_depend_on_the_logits_budget(lm):
+    """A budget that forces one row per forward pass gives the answers and scores of one big batch."""
+    model, tok = lm
+    prompts = main_prompts() + ["The colour of Nova P9 is black and the price of Bolt K2 is"]
+    answers = list(WORLD.values()) + ["$45"]
+    tight = 1  # bytes: every row is a batch of its own
+    assert greedy_answers(model, tok, prompts, logits_budget=tight) == greedy_answers(model, tok, prompts)
+    nll, exact = answer_scores(model, tok, prompts, answers)
+    nll_tight, exact_tight = answer_scores(model, tok, prompts, answers, logits_budget=tight)
+    assert torch.allclose(nll, nll_tight, atol=1e-5) and torch.equal(exact, exact_tight)
+    texts = corpus_of(WORLD)
+    assert perplexity(model, tok, texts, logits_budget=tight) == pytest.approx(perplexity(model, tok, texts), rel=1e-5)
+
+
 def test_generate_texts_is_deterministic_for_a_seed_and_leaves_the_global_rng(lm):
     model, tok = lm
     prompts = ["The", "The price of", "Zeta"]

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 
 import torch
 
-from infra.decoding import decode_batch, greedy_answers, inference_mode, last_logits_kwargs, model_device
+from infra.decoding import (LOGITS_BUDGET, decode_batch, greedy_answers, inference_mode, last_logits_kwargs, memory_sized_batches,
+                            model_device, vocabulary_size)
 from infra.encoding import encode_pair, encode_prompt, encode_text, pad_id, right_pad
 
 __all__ = ["greedy_answers", "answer_nll", "answer_scores", "perplexity", "generate_texts", "encode_pairs"]
@@ -39,11 +40,13 @@ def encode_pairs(tokenizer, prompts: Sequence[str], answers: Sequence[str]) -> l
 
 
 def answer_scores(
-    model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 64
+    model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 64,
+    logits_budget: int = LOGITS_BUDGET,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced scores of ``" " + answer`` given each prompt (eos not scored).
 
-    Returns ``(nll, exact)``, both shape [n] on the CPU: the mean per-token NLL (float64) and
+    At most `batch_size` pairs per forward pass, fewer where their logits would exceed
+    `logits_budget` bytes. Returns ``(nll, exact)``, both shape [n] on the CPU: the mean per-token NLL (float64) and
     whether every answer token is the argmax under teacher forcing (bool; methods.md 1.1's
     "rewrite accuracy").
     """
@@ -54,9 +57,10 @@ def answer_scores(
     device = model_device(model)
     nll = torch.empty(len(pairs), dtype=torch.float64)
     exact = torch.empty(len(pairs), dtype=torch.bool)
+    lengths = [len(p) + len(a) for p, a in pairs]  # an upper bound of the logit positions a row needs
     with inference_mode(model):
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
+        for batch in memory_sized_batches(lengths, vocabulary_size(model), batch_size, logits_budget):
+            start, chunk = batch.start, pairs[batch]
             ids, mask = (t.to(device) for t in right_pad([p + a for p, a in chunk], pad))
             # only the answer positions are read: logits from the first of them on (not over the prompts)
             first = min(len(p) for p, _ in chunk) - 1
@@ -81,11 +85,13 @@ def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
     return answer_scores(model, tokenizer, prompts, answers, batch_size)[0]
 
 
-def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> float:
+def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 32,
+               logits_budget: int = LOGITS_BUDGET) -> float:
     """Token-weighted perplexity of `texts`: exp(total NLL / number of predicted tokens).
 
     Each text is scored on its own (no packing), truncated to the model's context length; its
-    first token is context only. Texts of fewer than two tokens are skipped.
+    first token is context only. Texts of fewer than two tokens are skipped. At most `batch_size`
+    texts per forward pass, fewer where their logits would exceed `logits_budget` bytes.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -98,9 +104,8 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> 
     device = model_device(model)
     total_nll, total_tokens = 0.0, 0
     with inference_mode(model):
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            ids, mask = (t.to(device) for t in right_pad(chunk, pad))
+        for batch in memory_sized_batches([len(r) for r in rows], vocabulary_size(model), batch_size, logits_budget):
+            ids, mask = (t.to(device) for t in right_pad(rows[batch], pad))
             logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
             target_lp = logprobs[:, :-1, :].gather(-1, ids[:, 1:, None]).squeeze(-1)  # [b, t-1]
             valid = mask[:, 1:].bool()
