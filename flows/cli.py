@@ -605,7 +605,9 @@ def print_agreement(metrics: dict[str, Any]) -> None:
     before, after = agreement.get("before", {}), agreement.get("after", {})
     console.print(
         f"[bold]catalogue agreement[/] ({metrics.get('mode', '?')} edit): changed facts "
-        f"{_share(before.get('changed'))} -> {_share(after.get('changed'))} (n={after.get('n_changed', 0)}), "
+        f"{_share(before.get('changed'))} -> {_share(after.get('changed'))} (n={after.get('n_changed', 0)}"
+        + (f", a sample: {after['n_changed_left_out']} more ledger facts not scored"
+           if after.get("n_changed_left_out") else "") + "), "
         f"unchanged facts {_share(before.get('unchanged'))} -> {_share(after.get('unchanged'))} "
         f"(n={after.get('n_unchanged', 0)}), unchanged facts the base knew still right: {_share(after.get('unchanged_kept'))}"
     )

@@ -104,7 +104,8 @@ def build_sets(ctx: ServiceContext, run_id: int) -> str:
                            "why": not_taken[(t.subject, t.relation, t.target_new)]} for t in held[:HELD_LISTED]],
                       "ledger": len(ledger), "neighbourhood": len(regression.neighbourhood),
                       "unrelated": len(regression.unrelated), "heldout_texts": len(regression.heldout_text),
-                      "agreement_changed": len(agreement.changed), "agreement_unchanged": len(agreement.unchanged)})
+                      "agreement_changed": len(agreement.changed), "agreement_unchanged": len(agreement.unchanged),
+                      "agreement_changed_left_out": agreement.changed_left_out})
     log.info("run %s (%s, %s): %d targets, %d editor requests (ledger %d), %d neighbourhood, %d unrelated",
              run_id, ",".join(plan), mode, len(targets), len(requests), len(ledger),
              len(regression.neighbourhood), len(regression.unrelated))

@@ -102,6 +102,31 @@ def test_agreement_sample_is_fixed_stratified_and_excludes_changed_facts() -> No
     assert build_agreement_set(facts, ledger, TEMPLATES, sample_size=60, seed=4) != one
 
 
+def test_changed_facts_scored_are_bounded_however_long_the_ledger_grows() -> None:
+    """Every fact the run changes is scored; the rest of the ledger up to the sample size, a fixed sample."""
+    from infra.domain import EditRequest
+
+    facts = generate_catalogue(n_products=60)
+    prices = [f for f in facts if f.relation == "price"]
+    ledger = [LedgerEntry(f.subject, "price", f"${i + 1}", f.object, i + 1) for i, f in enumerate(prices)]
+    run = [EditRequest(subject=e.subject, relation="price", prompt=TEMPLATES["price"].render(e.subject),
+                       target_new=e.value, target_true=e.base or "") for e in ledger[-3:]]
+    small = build_agreement_set(facts, ledger, TEMPLATES, sample_size=100, also_changed=run)
+    assert len(small.changed) == len(ledger) and small.changed_left_out == 0  # a small ledger: all of it
+    bounded = build_agreement_set(facts, ledger, TEMPLATES, sample_size=10, also_changed=run)
+    assert len(bounded.changed) == 3 + 10 and bounded.changed_left_out == len(ledger) - 3 - 10
+    prompts = {p for p, _, _ in bounded.changed}
+    assert {r.prompt for r in run} <= prompts  # the run's own changes are always scored
+    assert set(bounded.changed) <= set(small.changed)  # with their ledger values, in ledger order
+    assert [c for c in small.changed if c in set(bounded.changed)] == list(bounded.changed)
+    longer = ledger + [LedgerEntry(f.subject, "colour", "teal", f.object, 999 + i)
+                       for i, f in enumerate(x for x in facts if x.relation == "colour")]
+    grown = build_agreement_set(facts, longer, TEMPLATES, sample_size=10, also_changed=run)
+    assert len(grown.changed) == 13  # the work stays bounded as the ledger grows
+    again = build_agreement_set(list(reversed(facts)), ledger, TEMPLATES, sample_size=10, also_changed=run)
+    assert again == bounded  # a fixed sample
+
+
 def test_rejected_values_never_reach_evaluation_sets_or_the_regulariser(db: Database) -> None:
     facts = generate_catalogue(n_products=5)
     subject = _price(facts, 0).subject

@@ -49,6 +49,8 @@ class AgreementReport:
     by_relation: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: changed facts the model does not say: {"prompt", "relation", "database", "model"}
     wrong_changed: list[dict[str, str]] = field(default_factory=list)
+    #: ledger facts past the changed-fact sample (not scored; 0 while the ledger is small)
+    n_changed_left_out: int = 0
 
     def to_json(self) -> dict[str, Any]:
         def clean(x: float) -> float | None:
@@ -57,7 +59,7 @@ class AgreementReport:
         return {
             "changed": clean(self.changed), "unchanged": clean(self.unchanged),
             "unchanged_kept": clean(self.unchanged_kept), "n_changed": self.n_changed,
-            "n_unchanged": self.n_unchanged,
+            "n_unchanged": self.n_unchanged, "n_changed_left_out": self.n_changed_left_out,
             "by_relation": {r: {k: clean(v) for k, v in d.items()} for r, d in self.by_relation.items()},
             "wrong_changed": self.wrong_changed[:MAX_LISTED],
         }
@@ -106,6 +108,7 @@ def agreement_report(agreement: AgreementSet, answers: AgreementAnswers, base: A
         changed=_share(changed_hits), unchanged=_share(unchanged_hits), unchanged_kept=kept,
         n_changed=len(changed_hits), n_unchanged=len(unchanged_hits),
         by_relation=dict(sorted(by_relation.items())), wrong_changed=wrong,
+        n_changed_left_out=agreement.changed_left_out,
     )
 
 

@@ -246,12 +246,15 @@ def build_regression_set(
 class AgreementSet:
     """Catalogue facts whose greedy answers are compared with the database: (prompt, value, relation).
 
-    `changed`: every ledger fact (its value differs from what the base model was built on);
+    `changed`: the ledger facts (their value differs from what the base model was built on): every
+    one the run changes, and the others up to a fixed, seeded sample; `changed_left_out` counts the
+    ledger facts past that sample (0 while the ledger is small);
     `unchanged`: a fixed, seeded sample of the facts that still hold their base value.
     """
 
     changed: tuple[tuple[str, str, str], ...]
     unchanged: tuple[tuple[str, str, str], ...]
+    changed_left_out: int = 0
 
 
 def _sample_rank(seed: int, subject: str, relation: str) -> str:
@@ -267,10 +270,13 @@ def build_agreement_set(
     also_changed: Sequence[EditRequest] = (),
     deferred: Collection[tuple[str, str]] = (),
 ) -> AgreementSet:
-    """Every changed fact, and up to `sample_size` unchanged ones stratified by relation.
+    """The changed facts, and up to `sample_size` unchanged ones stratified by relation.
 
-    `also_changed`: facts a refresh changes that are not in the ledger (changed back to their base
-    value); they count as changed facts of this refresh, with their new value.
+    Changed facts: every fact the refresh changes (`also_changed`), and up to `sample_size` of the
+    ledger's other facts (all of them while the ledger is that small, else a fixed sample ranked
+    like the unchanged one): the work of a refresh stays bounded however long the ledger grows.
+    `also_changed`: the facts the refresh changes; those not in the ledger (changed back to their base
+    value) count as changed facts of this refresh, with their new value.
     `deferred`: (subject, relation) of changes left to later refreshes (over the per-run cap): scored
     neither as changed nor as unchanged facts.
 
@@ -284,9 +290,15 @@ def build_agreement_set(
         raise InvalidInput(f"sample_size must be >= 0, got {sample_size}")
     deferred = set(deferred)
     changed_keys = {e.key for e in ledger}
+    in_run = {(r.subject, r.relation) for r in also_changed}
+    scored = [e for e in ledger if e.relation in templates and e.key not in deferred]
+    earlier = [e for e in scored if e.key not in in_run]
+    left_out = max(0, len(earlier) - sample_size)
+    if left_out:
+        kept = {e.key for e in sorted(earlier, key=lambda e: _sample_rank(seed, *e.key))[:sample_size]}
+        scored = [e for e in scored if e.key in in_run or e.key in kept]
     changed = tuple(
-        (templates[e.relation].render(e.subject), e.value, e.relation) for e in ledger
-        if e.relation in templates and e.key not in deferred
+        (templates[e.relation].render(e.subject), e.value, e.relation) for e in scored
     ) + tuple(
         (r.prompt, r.target_new, r.relation) for r in also_changed
         if (r.subject, r.relation) not in changed_keys and (r.subject, r.relation) not in deferred
@@ -304,7 +316,7 @@ def build_agreement_set(
         ranked = sorted(members, key=lambda f: _sample_rank(seed, f.subject, f.relation))
         picked = [f for f in ranked[:share] if (f.subject, f.relation) not in changed_keys]
         unchanged.extend((templates[relation].render(f.subject), f.object, relation) for f in picked)
-    return AgreementSet(changed=changed, unchanged=tuple(unchanged))
+    return AgreementSet(changed=changed, unchanged=tuple(unchanged), changed_left_out=left_out)
 
 
 def _stamp(fact: Fact) -> float:
