@@ -128,6 +128,7 @@ def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Pa
                 "steps": sum(r.get("steps") or 0 for r in edit_event.get("routing", [])),
                 "edit_seconds": round(edit_seconds, 1),
                 "held": sets_event.get("held", 0), "deferred": sets_event.get("deferred", 0),
+                "retries": sets_event.get("retries", 0),
                 # the catalogue's view: facts deferred to later refreshes are changed facts the live model
                 # does not say yet (outstanding by definition), so they count against agreement here
                 "catalogue_changed_agree": _with_deferred(agreement, sets_event.get("deferred", 0)),
@@ -157,7 +158,10 @@ def process_footprint(ctx) -> dict:  # noqa: ANN001 - a ServiceContext
                    if line.startswith("VmRSS:")), 0) if Path("/proc/self/status").exists() else 0
     fds = len(os.listdir("/proc/self/fd")) if Path("/proc/self/fd").exists() else -1
     pool = ctx.db.engine.pool
-    return {"rss_mb": round(rss_kb / 1024, 1), "open_fds": fds,
+    import resource
+
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the high-water mark so far (Linux: kB)
+    return {"rss_mb": round(rss_kb / 1024, 1), "peak_rss_mb": round(peak_kb / 1024, 1), "open_fds": fds,
             "db_connections": pool.checkedout() if hasattr(pool, "checkedout") else -1}
 
 

@@ -428,6 +428,18 @@ def rejected_runs(session: Session, model_name: str, head: str | None) -> list[i
     return [int(run_id) for run_id in session.scalars(query)]
 
 
+def recent_rejected_runs(session: Session, model_name: str, limit: int) -> list[int]:
+    """Ids of the newest `limit` rejected runs of `model_name` on any head, oldest first."""
+    query = (
+        sa.select(RefreshRunRow.id)
+        .join(DeltaRow, DeltaRow.sha256 == RefreshRunRow.delta_sha)
+        .where(RefreshRunRow.model_name == model_name, RefreshRunRow.status == "rejected")
+        .order_by(RefreshRunRow.id.desc())
+        .limit(limit)
+    )
+    return sorted(int(run_id) for run_id in session.scalars(query))
+
+
 def rejected_attempts(session: Session, model_name: str, head: str | None) -> int:
     """How many runs of `model_name` edited on top of `head` and were rejected."""
     return len(rejected_runs(session, model_name, head))

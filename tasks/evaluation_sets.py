@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 #: facts named in the build_sets audit event when some are held back (the count is always complete)
 HELD_LISTED = 50
+#: rejected runs (newest first, on any head) whose not-taken facts count as having failed before
+RETRY_MEMORY = 20
+#: share of a run's cap (KUS_MAX_TARGETS) open to facts that an earlier head's rejected run did not take
+RETRY_SHARE = 0.25
 
 
 def not_taken_in(ctx: ServiceContext, run_ids: list[int]) -> dict[tuple[str, str, str], str]:
@@ -56,6 +60,28 @@ def hold_back(targets: list[EditRequest], not_taken: dict[tuple[str, str, str], 
     return (kept, held) if kept else (targets, [])
 
 
+def schedule(targets: list[EditRequest], failed_before: dict[tuple[str, str, str], str], cap: int,
+             retry_share: float = RETRY_SHARE) -> tuple[list[EditRequest], list[EditRequest], int]:
+    """(targets of this run, targets left to later runs, how many of this run's are retries).
+
+    Facts that a rejected run on an earlier head did not take (`failed_before`, with the same new
+    value) are retries: they get at most `retry_share` of the `cap` (at least one place; more when
+    there are too few fresh changes to fill the run), and fresh changes the rest, each in feed order.
+    Without this, facts an editor finds hard come back together whenever the head moves, fill the
+    run and fail it again, and everything behind them waits (the 50-refresh demo series from refresh
+    33 on: bench/results/refresh_sequence_notes.md).
+    """
+    def failed(t: EditRequest) -> bool:
+        return (t.subject, t.relation, t.target_new) in failed_before
+
+    retries = [t for t in targets if failed(t)]
+    fresh = [t for t in targets if not failed(t)]
+    slots = min(len(retries), max(1, int(cap * retry_share)))
+    taken_fresh = fresh[: cap - slots]
+    slots = min(len(retries), cap - len(taken_fresh))  # room fresh changes leave goes to retries
+    return taken_fresh + retries[:slots], fresh[len(taken_fresh):] + retries[slots:], slots
+
+
 def build_sets(ctx: ServiceContext, run_id: int) -> str:
     """Writes `runs/<id>/sets.json` to the store and returns its key."""
     keep_lease(ctx, run_id)
@@ -68,6 +94,7 @@ def build_sets(ctx: ServiceContext, run_id: int) -> str:
         base = repo.base_values(session, set(live))
         facts = repo.accepted_facts(session)
         rejected = repo.rejected_runs(session, run.model_name, head)
+        earlier = [r for r in repo.recent_rejected_runs(session, run.model_name, RETRY_MEMORY) if r not in rejected]
     plan = parse_plan(run.editor)
     mode = resolve_mode(plan, ctx.settings.edit_mode)
     targets = ledger_targets(ledger, live, base, templates)
@@ -78,13 +105,19 @@ def build_sets(ctx: ServiceContext, run_id: int) -> str:
     if held:
         log.warning("run %s: %d facts held back: the %d rejected attempt(s) on this head did not take them "
                     "(they stay outstanding and come back once the head moves)", run_id, len(held), len(rejected))
-    # bounded work: the first `max_targets` in feed order; the rest stay outstanding for the next refreshes
+    # bounded work: `max_targets` in feed order, retries of facts failed before in a share of them;
+    # the rest stay outstanding for the next refreshes
     cap = ctx.settings.max_targets
-    targets, deferred = targets[:cap], targets[cap:] + held
+    failed_before = not_taken_in(ctx, earlier) if earlier else {}
+    targets, deferred, retries = schedule(targets, failed_before, cap)
+    deferred += held
     deferred_keys = {(t.subject, t.relation) for t in deferred}
     if len(deferred) > len(held):
         log.warning("run %s: %d facts to change, %d in this run (KUS_MAX_TARGETS %d); %d left to the next refreshes",
                     run_id, len(targets) + len(deferred), len(targets), cap, len(deferred) - len(held))
+    if retries:
+        log.info("run %s: %d of its targets are retries of facts a rejected run on an earlier head did not take "
+                 "(at most %d%% of a run)", run_id, retries, round(100 * RETRY_SHARE))
     requests = ledger_requests([e for e in ledger if e.key not in deferred_keys], templates) \
         if mode == "cumulative" else targets
     # facts the service changed are judged by catalogue agreement; the regression set holds the rest
@@ -99,6 +132,7 @@ def build_sets(ctx: ServiceContext, run_id: int) -> str:
         append_event(session, run.started_by, "build_sets", f"run:{run_id}",
                      {"mode": mode, "plan": plan, "head": head, "targets": len(targets), "requests": len(requests),
                       "deferred": len(deferred), "cap": cap, "rejected_attempts": len(rejected),
+                      "retries": retries, "failed_before": len(failed_before),
                       "held": len(held), "held_facts": [
                           {"subject": t.subject, "relation": t.relation, "value": t.target_new,
                            "why": not_taken[(t.subject, t.relation, t.target_new)]} for t in held[:HELD_LISTED]],

@@ -485,3 +485,27 @@ def test_targets_not_taken_names_unwritten_facts_and_facts_whose_paraphrases_fai
     changed_again = req("B", "$9")  # the database moved on: a new value is tried again
     assert hold_back([changed_again], not_taken) == ([changed_again], [])
     assert hold_back(targets[1:], not_taken) == (targets[1:], [])  # everything held: edit them all again
+
+
+def test_facts_failed_on_an_earlier_head_get_a_bounded_share_of_each_run() -> None:
+    from tasks.evaluation_sets import schedule
+
+    def req(subject: str, value: str = "$5") -> EditRequest:
+        return EditRequest(subject, "price", f"The price of {subject} is", value, "$1")
+
+    failed = [req(f"F{i}") for i in range(6)]
+    fresh = [req(f"N{i}") for i in range(10)]
+    feed = failed[:3] + fresh[:5] + failed[3:] + fresh[5:]  # the hard facts come first in feed order
+    failed_before = {(t.subject, t.relation, t.target_new): "run 3: paraphrases 0.00 < 0.60" for t in failed}
+    taken, later, retries = schedule(feed, failed_before, cap=8, retry_share=0.25)
+    assert [t.subject for t in taken] == [f"N{i}" for i in range(6)] + ["F0", "F1"] and retries == 2
+    assert [t.subject for t in later] == ["N6", "N7", "N8", "N9", "F2", "F3", "F4", "F5"]
+    # few fresh changes: the room they leave goes to retries; the cap always holds
+    taken, later, retries = schedule(failed + fresh[:2], failed_before, cap=5, retry_share=0.25)
+    assert [t.subject for t in taken] == ["N0", "N1", "F0", "F1", "F2"] and retries == 3 and len(later) == 3
+    # at least one place for a retry, however small the cap
+    assert schedule(fresh[:3] + failed[:1], failed_before, cap=2, retry_share=0.25)[2] == 1
+    # a fact failed with another value is a fresh change; nothing failed before: plain feed order
+    assert schedule([req("F0", "$9")], failed_before, cap=8)[2] == 0
+    taken, later, retries = schedule(fresh, {}, cap=4)
+    assert taken == fresh[:4] and later == fresh[4:] and retries == 0
