@@ -84,9 +84,9 @@ def score(model, tok, edited: list[dict], locality_before: dict[str, str], heldo
 
 def run_editor(name: str, model, tok, known: list[dict], heldout: list[str], args, base_ppl: float,
                locality_before: dict[str, str], label: str | None = None, overrides: dict | None = None,
-               out_dir: Path = OUT_DIR) -> list[dict]:
+               out_dir: Path = OUT_DIR, pool: tuple[tuple[str, str], ...] = ()) -> list[dict]:
     """Edit `known` batch after batch with editor `name` (and `overrides`); a results line per batch
-    in `out_dir/<label>.jsonl`."""
+    in `out_dir/<label>.jsonl`. `pool`: (prompt, answer) facts a rehearsing editor (SAUL) keeps."""
     from tqdm import tqdm
 
     from editing.delta import Delta
@@ -113,7 +113,7 @@ def run_editor(name: str, model, tok, known: list[dict], heldout: list[str], arg
                                     target_new=r["target_new"], target_true=r["ground_truth"],
                                     paraphrases=()) for r in batch]
             context = EditContext(state=carried, cache=cache, corpus=tuple(heldout[len(heldout) // 2:]) if args.corpus else (),
-                                  model_fingerprint=base)
+                                  model_fingerprint=base, fact_pool=pool)
             started = time.perf_counter()
             result = editor.compute(model, tok, requests, hparams, context)
             delta = Delta.create(result.tensors | {f"state::{k}": v for k, v in result.state.items()}, editor=name,
@@ -219,6 +219,9 @@ def main() -> None:
     parser.add_argument("--scan", type=int, default=1000, help="records scanned for known facts")
     parser.add_argument("--minutes", type=float, default=30.0, help="per editor; stops after the batch that passes it")
     parser.add_argument("--hparams", default=None, help="JSON overrides for every editor")
+    parser.add_argument("--pool", type=int, default=0,
+                        help="a fact pool for rehearsing editors (SAUL): up to N records the model does not know, "
+                             "with its own greedy answers (never an edited, locality or held-out record)")
     parser.add_argument("--corpus", action="store_true", help="give the editors generic text (unedited records' sentences)")
     parser.add_argument("--candidates", default=None,
                         help='JSON {label: {"_editor": name, hyperparameter: value, ...}}: a settings sweep, '
@@ -258,16 +261,22 @@ def main() -> None:
     base_ppl = perplexity(model, tok, heldout[: len(heldout) // 2])
     prompts = [r["locality_prompt"] for r in known[: args.records]]
     locality_before = dict(zip(prompts, greedy_answers(model, tok, prompts, max_new_tokens=4)))
+    pool: tuple[tuple[str, str], ...] = ()
+    if args.pool:  # as the service gives a rehearsing editor: catalogue prompts with what the model says now
+        known_ids = {r["case_id"] for r in known}
+        others = [r["prompt"] for r in records if r["case_id"] not in known_ids][: args.pool]
+        pool = tuple((p, a) for p, a in zip(others, greedy_answers(model, tok, others, max_new_tokens=4)) if a)
+        print(f"fact pool: {len(pool)} unknown records' prompts with the model's own answers")
     if args.candidates:
         for label, spec in json.loads(args.candidates).items():
             overrides = {k: v for k, v in spec.items() if k != "_editor"}
             run_editor(spec["_editor"], model, tok, known, heldout, args, base_ppl, locality_before,
-                       label=label, overrides=overrides, out_dir=sweep_dir)
+                       label=label, overrides=overrides, out_dir=sweep_dir, pool=pool)
             sweep_report(args.tag)
         return
     command = "OMP_NUM_THREADS=1 ./dev.sh bench counterfact_smollm2 " + " ".join(sys.argv[1:])
     for name in [e.strip() for e in args.editors.split(",") if e.strip()]:
-        run_editor(name, model, tok, known, heldout, args, base_ppl, locality_before, out_dir=out_dir)
+        run_editor(name, model, tok, known, heldout, args, base_ppl, locality_before, out_dir=out_dir, pool=pool)
         report(args.tag, command if args.tag else None)
 
 

@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -83,30 +84,93 @@ def catalogue_files(known: list[dict], folder: Path, n_changes: int) -> tuple[in
     return len(facts), len(changed)
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process now (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's resident memory every `every` seconds: (wall-clock time, MB) pairs, to be
+    cut into the refresh's steps by the audit trail's timestamps (`step_peaks`)."""
+
+    def __init__(self, pid: int, every: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every, self.samples = pid, every, []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            mb = rss_mb(self.pid)
+            if mb:
+                self.samples.append((time.time(), round(mb, 1)))
+            self.done.wait(self.every)
+
+
 def kus(args: list[str], env: dict[str, str], log: Path) -> dict:
-    """One CLI command in its own process: exit code, seconds, peak RSS (MB) and its output."""
+    """One CLI command in its own process: exit code, seconds, peak RSS (MB), RSS samples and its output."""
     timing = log.with_suffix(".time")
     started = time.perf_counter()
     with log.open("a") as out:
         out.write(f"\n$ kus {' '.join(args)}\n")
         out.flush()
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(timing), str(KUS), *args], env=env,
-                              stdout=subprocess.PIPE, stderr=out, text=True)
-        out.write(proc.stdout)
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(timing), str(KUS), *args], env=env,
+                                stdout=subprocess.PIPE, stderr=out, text=True)
+        sampler = None
+        for _ in range(200):  # the kus process is /usr/bin/time's child
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            kids = children.read_text().split() if children.exists() else []
+            if kids:
+                sampler = RssSampler(int(kids[0]))
+                sampler.start()
+                break
+            time.sleep(0.02)
+        stdout, _ = proc.communicate()
+        if sampler is not None:
+            sampler.done.set()
+            sampler.join()
+        out.write(stdout)
     seconds = time.perf_counter() - started
     peak_kb = int(timing.read_text().strip().splitlines()[-1]) if timing.is_file() else 0
     return {"rc": proc.returncode, "seconds": round(seconds, 1), "peak_rss_mb": round(peak_kb / 1024, 1),
-            "stdout": proc.stdout}
+            "stdout": stdout, "rss": sampler.samples if sampler else []}
 
 
-def step_seconds(home: Path, env: dict[str, str]) -> dict[str, float]:
-    """Seconds of each refresh step, from consecutive audit events of the run (JSON lines export)."""
+def step_peaks(samples: list[tuple[float, float]], events: list[tuple[str, datetime]]) -> dict[str, float]:
+    """Peak RSS (MB) of the refresh process within each step: the samples between the step's audit
+    event and the one before it ("start" is everything before the first event: start-up, model load)."""
+    peaks: dict[str, float] = {}
+    bounds = [("start", float("-inf"))] + [(action, at.timestamp()) for action, at in events]
+    for (_, prev), (action, at) in zip(bounds, bounds[1:]):
+        inside = [mb for t, mb in samples if prev < t <= at]
+        if inside and action in ("start", *STEPS):
+            peaks[action] = max(inside)
+    first = bounds[1][1] if len(bounds) > 1 else float("inf")
+    before = [mb for t, mb in samples if t <= first]
+    if before:
+        peaks["start"] = max(before)
+    after = [mb for t, mb in samples if t > bounds[-1][1]]
+    if after:
+        peaks["after the last event"] = max(after)
+    return peaks
+
+
+def run_events(home: Path, env: dict[str, str]) -> list[tuple[str, datetime]]:
+    """(action, time) of run 1's audit events, in order (from a JSON lines export)."""
     out = home / "audit.jsonl"
     subprocess.run([str(KUS), "--quiet", "audit", "export", "--format", "jsonl", "--out", str(out)], env=env,
                    check=True, capture_output=True)
     events = [json.loads(line) for line in out.read_text().splitlines()]
-    run_events = [e for e in events if e["subject"] == "run:1"]
-    stamps = [(e["action"], datetime.fromisoformat(e["at"])) for e in run_events]
+    return [(e["action"], datetime.fromisoformat(e["at"])) for e in events if e["subject"] == "run:1"]
+
+
+def step_seconds(stamps: list[tuple[str, datetime]]) -> dict[str, float]:
+    """Seconds of each refresh step, from consecutive audit events of the run."""
     return {action: round((at - prev).total_seconds(), 1)
             for (_, prev), (action, at) in zip(stamps, stamps[1:]) if action in STEPS}
 
@@ -158,12 +222,16 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{name}: rc {steps[name]['rc']}, {steps[name]['seconds']} s, peak {steps[name]['peak_rss_mb']} MB",
               flush=True)
     table = retention_after(env)
+    events = run_events(folder / "home", env)
+    model_mb = sum(f.stat().st_size for f in Path(args.model).glob("*.safetensors")) / 2**20
     row = {"date": time.strftime("%Y-%m-%d"), "editor": args.editor, "facts": n_facts, "changes": n_changes,
            "answer_match": env.get("KUS_ANSWER_MATCH", "auto"),
            "threads": torch.get_num_threads(),
            "doctor": steps["doctor"]["stdout"].strip().splitlines()[:12],
-           "commands": {k: {kk: vv for kk, vv in v.items() if kk != "stdout"} for k, v in steps.items()},
-           "refresh_steps": step_seconds(folder / "home", env), "after": table, "folder": str(folder)}
+           "commands": {k: {kk: vv for kk, vv in v.items() if kk not in ("stdout", "rss")} for k, v in steps.items()},
+           "refresh_steps": step_seconds(events), "after": table, "folder": str(folder),
+           "model_mb": round(model_mb, 1), "step_peak_rss_mb": step_peaks(steps["refresh"]["rss"], events),
+           "refresh_rss": steps["refresh"]["rss"][::4]}
     with (RESULTS / "smollm2_refresh.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
     return row
@@ -188,9 +256,59 @@ def report() -> None:
             f"{a.get('efficacy_gen', '-')} | {a.get('paraphrase_gen', '-')} | {a.get('neighbourhood_unchanged', '-')} | "
             f"{a.get('unrelated_unchanged', '-')} | {a.get('perplexity_drift', '-')} | {a.get('agreement_changed', '-')} | "
             f"{a.get('unchanged_kept', '-')} | {a.get('status', '-')} |")
+    lines += memory_table(rows)
     (RESULTS / "smollm2_refresh.md").write_text("\n".join(lines) + "\n")
     plot(rows)
+    plot_memory(rows)
     print("\n".join(lines))
+
+
+MEMORY_STEPS = ("start", "ingest", "build_sets", "edit", "evaluate", "validate", "approval_requested")
+
+
+def memory_table(rows: list[dict]) -> list[str]:
+    """Peak RSS of `kus refresh` within each step (sampled every 0.25 s; runs that recorded samples)."""
+    sampled = [r for r in rows if r.get("step_peak_rss_mb")]
+    if not sampled:
+        return []
+    lines = ["", "## Peak memory per refresh step", "",
+             "Resident memory of the `kus refresh` process, sampled every 0.25 s and cut into steps by the run's "
+             "audit events (`start`: start-up and everything before the first event; each step ends at its own "
+             "event). `x model` divides the refresh's peak by the size of the model's weights on disk. "
+             "Plot: `smollm2_refresh_memory.png`.", "",
+             "| date | editor | changes | model MB | " + " | ".join(MEMORY_STEPS) + " | peak MB | x model |",
+             "|---|---|---:|---:|" + "---:|" * (len(MEMORY_STEPS) + 2)]
+    for r in sampled:
+        peaks = r["step_peak_rss_mb"]
+        top = max(peaks.values())
+        lines.append(f"| {r['date']} | {r['editor']} | {r['changes']} | {r['model_mb']} | "
+                     + " | ".join(str(peaks.get(s, "-")) for s in MEMORY_STEPS)
+                     + f" | {top} | {top / r['model_mb']:.1f} |")
+    return lines
+
+
+def plot_memory(rows: list[dict]) -> None:
+    """RSS of `kus refresh` over time, one line per sampled run, with the model's size for scale."""
+    sampled = [r for r in rows if r.get("refresh_rss")]
+    if not sampled:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for r in sampled:
+        t0 = r["refresh_rss"][0][0]
+        ax.plot([t - t0 for t, _ in r["refresh_rss"]], [mb for _, mb in r["refresh_rss"]],
+                label=f"{r['editor']}, {r['changes']} changes ({r['date']})")
+    ax.axhline(sampled[-1]["model_mb"], color="grey", linestyle=":", label="model weights")
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("RSS MB (kus refresh)")
+    ax.set_title("Memory of a refresh on SmolLM2-135M, 2-core CPU")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "smollm2_refresh_memory.png", dpi=110)
 
 
 def plot(rows: list[dict]) -> None:
