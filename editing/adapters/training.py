@@ -1,7 +1,14 @@
-"""A plain Adam loop over a loss closure, and the answer loss over chunks of a batch."""
+"""A plain Adam loop over a loss closure, and the answer loss over chunks of a batch.
+
+A loss over many rows is computed a chunk of rows at a time, and each chunk's share runs backward
+at once (`Accumulated`): a closure that summed the chunks' losses first would keep every chunk's
+activations and logits alive until one backward at the end, so its memory would grow with the
+rows, not with the chunk (SAUL's 120 rows held 8-10 GB on SmolLM2-135M that way).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -11,9 +18,29 @@ from torch import nn
 from editing.batches import AnswerBatch, answer_loss
 
 
+@dataclass(frozen=True)
+class Accumulated:
+    """What a loss closure returns once it ran backward itself, chunk by chunk: the gradients are
+    in the parameters' `.grad`; `loss` is the whole loss's value, `metric` the early-stop metric."""
+
+    loss: float
+    metric: float
+
+
+LossResult = torch.Tensor | tuple[torch.Tensor, float] | Accumulated
+
+
+def backward_of(out: LossResult) -> tuple[Callable[[], None], float]:
+    """(what runs the loss's backward, the early-stop metric) of a loss closure's result."""
+    if isinstance(out, Accumulated):
+        return (lambda: None), out.metric
+    loss, metric = out if isinstance(out, tuple) else (out, float(out.detach()))
+    return loss.backward, float(metric)
+
+
 def adam_steps(
     params: Iterable[torch.nn.Parameter],
-    loss_fn: Callable[[], torch.Tensor | tuple[torch.Tensor, float]],
+    loss_fn: Callable[[], LossResult],
     *,
     steps: int,
     lr: float,
@@ -32,8 +59,9 @@ def adam_steps(
     With `progress` (a label), a progress bar with the loss and the time left (tqdm, on stderr).
 
     `loss_fn` returns the loss, or (loss, stop metric) when early stopping should watch something
-    else (e.g. only the edit tokens of a regularised loss). Returns the stop metric seen before each
-    step (the last entry is the value that stopped the loop, if any).
+    else (e.g. only the edit tokens of a regularised loss), or `Accumulated` once it ran backward
+    itself. Returns the stop metric seen before each step (the last entry is the value that stopped
+    the loop, if any).
     """
     optimizer = torch.optim.Adam(list(params), lr=lr, weight_decay=weight_decay)
     losses: list[float] = []
@@ -41,12 +69,11 @@ def adam_steps(
     try:
         for step in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            out = loss_fn()
-            loss, metric = out if isinstance(out, tuple) else (out, float(out.detach()))
-            losses.append(float(metric))
+            backward, metric = backward_of(loss_fn())
+            losses.append(metric)
             if losses[-1] < early_stop_loss and step >= min_steps:
                 break
-            loss.backward()
+            backward()
             optimizer.step()
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
@@ -56,20 +83,24 @@ def adam_steps(
     return losses
 
 
-def chunked_answer_loss(model: nn.Module, batch: AnswerBatch, batch_size: int, objective: str = "target_new") -> torch.Tensor:
-    """Answer cross-entropy of the whole batch, computed `batch_size` rows at a time (row-weighted mean)."""
+def chunked_answer_loss(model: nn.Module, batch: AnswerBatch, batch_size: int, objective: str = "target_new") -> Accumulated:
+    """Answer cross-entropy of the whole batch (row-weighted mean), `batch_size` rows at a time, each
+    chunk's share run backward at once (its gradients accumulate in `.grad`)."""
     n = batch.input_ids.size(0)
-    total = torch.zeros((), device=batch.input_ids.device)
+    total = 0.0
     for start in range(0, n, batch_size):
         chunk = slice(start, min(start + batch_size, n))
         logits = model(input_ids=batch.input_ids[chunk], attention_mask=batch.attention_mask[chunk]).logits
-        total = total + answer_loss(logits, batch.rows(chunk), objective) * (chunk.stop - chunk.start) / n
-    return total
+        share = answer_loss(logits, batch.rows(chunk), objective) * (chunk.stop - chunk.start) / n
+        if share.requires_grad:
+            share.backward()
+        total += float(share.detach())
+    return Accumulated(loss=total, metric=total)
 
 
 def dense_finetune(
     params: dict[str, torch.nn.Parameter],
-    loss_fn: Callable[[], torch.Tensor | tuple[torch.Tensor, float]],
+    loss_fn: Callable[[], LossResult],
     **adam: float | int | str | None,
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """`adam_steps` on `params`, returning ΔW in float32 per name; the parameters are put back exactly."""

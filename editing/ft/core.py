@@ -10,10 +10,12 @@ from typing import Callable
 
 import torch
 
+from editing.adapters.training import LossResult, backward_of
+
 
 def constrained_finetune(
     params: dict[str, torch.nn.Parameter],
-    loss_fn: Callable[[], torch.Tensor],
+    loss_fn: Callable[[], LossResult],
     *,
     steps: int,
     lr: float,
@@ -33,13 +35,13 @@ def constrained_finetune(
     try:
         for step in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn()
-            losses.append(float(loss.detach()))
+            backward, metric = backward_of(loss_fn())
+            losses.append(metric)
             if on_step is not None:
                 on_step(step, losses[-1])
             if losses[-1] < early_stop_loss:
                 break
-            loss.backward()
+            backward()
             optimizer.step()
             if norm_constraint is not None:
                 with torch.no_grad():

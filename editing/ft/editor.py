@@ -11,7 +11,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from editing.architecture import layout_of, num_layers
-from editing.batches import answer_batch, answer_loss
+from editing.adapters.training import Accumulated, chunked_answer_loss
+from editing.batches import answer_batch
 from editing.ft.core import constrained_finetune
 from editing.ft.hparams import FTHParams
 from editing.protocol import EditContext, EditResult
@@ -46,15 +47,9 @@ class FTEditor:
         device = next(model.parameters()).device
         torch.manual_seed(hparams.seed)
         batch = answer_batch(tokenizer, [r.prompt for r in requests], [r.target_new for r in requests]).to(device)
-        n = len(requests)
-        chunks = [slice(i, min(i + hparams.batch_size, n)) for i in range(0, n, hparams.batch_size)]
 
-        def loss_fn() -> torch.Tensor:
-            total = torch.zeros((), device=device)
-            for chunk in chunks:
-                logits = model(input_ids=batch.input_ids[chunk], attention_mask=batch.attention_mask[chunk]).logits
-                total = total + answer_loss(logits, batch.rows(chunk), hparams.objective) * (chunk.stop - chunk.start) / n
-            return total
+        def loss_fn() -> Accumulated:
+            return chunked_answer_loss(model, batch, hparams.batch_size, hparams.objective)
 
         started = time.perf_counter()
         was_training = model.training

@@ -131,6 +131,11 @@ def collate(rows: Sequence[Row], pad_id: int) -> SaulBatch:
     return SaulBatch(ids, mask, edit, reg, fix)
 
 
+def labelled_positions(labels: torch.Tensor) -> int:
+    """How many next-token predictions `labels` (not shifted) asks for: the count the sums below divide by."""
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
 def token_ce_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of next-token CE over labelled positions, number of them); labels are not shifted."""
     shifted = logits[:, :-1, :].reshape(-1, logits.size(-1))  # [B*(T-1), V]

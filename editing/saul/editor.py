@@ -12,9 +12,9 @@ from torch import nn
 
 from editing.adapters.lora import factor_tensors, lora_attached, lora_factors, trainable_parameters
 from editing.adapters.targets import target_modules, weight_names
-from editing.adapters.training import dense_finetune, adam_steps
+from editing.adapters.training import Accumulated, adam_steps, dense_finetune
 from editing.protocol import EditContext, EditResult
-from editing.saul.core import Pair, collate, saul_rows, token_ce_sums, token_kl_sums
+from editing.saul.core import Pair, collate, labelled_positions, saul_rows, token_ce_sums, token_kl_sums
 from editing.saul.hparams import SAULHParams
 from editing.trainable import only_these_trainable
 from infra.domain import EditRequest
@@ -114,7 +114,7 @@ class SAULEditor:
         # the model as it was, the "kl" regulariser's reference: set below, once the trained weights are known
         teacher: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
-        def loss_fn(net: nn.Module) -> tuple[torch.Tensor, float]:
+        def loss_fn(net: nn.Module) -> Accumulated:
             # random facts are drawn afresh every step
             rows = saul_rows(edits, pool, rng, concat_facts=hparams.concat_facts, n_augment=n_augment,
                              augment_whole_sentence=hparams.augment_loss == "full", max_length=max_length,
@@ -122,29 +122,30 @@ class SAULEditor:
                              near=near, near_share=hparams.near_share, repair=repair,
                              repair_share=hparams.repair_share)
             batch = collate(rows, pad)
-            edit_sum = torch.zeros((), device=device)
-            reg_sum = torch.zeros((), device=device)
-            edit_n, reg_n = 0, 0
+            # the means' denominators first, so each chunk's share of the loss runs backward at once
+            edit_n = max(labelled_positions(batch.edit_labels), 1)
+            reg_n = labelled_positions(batch.reg_labels) + (labelled_positions(batch.fix_labels) if repair else 0)
+            edit_sum, total = 0.0, 0.0
             for start in range(0, len(rows), hparams.batch_size):
                 chunk = slice(start, start + hparams.batch_size)
-                logits = net(input_ids=batch.input_ids[chunk].to(device),
-                             attention_mask=batch.attention_mask[chunk].to(device)).logits
-                s, n = token_ce_sums(logits, batch.edit_labels[chunk].to(device))
-                edit_sum, edit_n = edit_sum + s, edit_n + int(n)
+                input_ids = batch.input_ids[chunk].to(device)
+                attention_mask = batch.attention_mask[chunk].to(device)
+                logits = net(input_ids=input_ids, attention_mask=attention_mask).logits
+                edit, _ = token_ce_sums(logits, batch.edit_labels[chunk].to(device))
                 reg_labels = batch.reg_labels[chunk].to(device)
                 if teacher is None:
-                    s, n = token_ce_sums(logits, reg_labels)
+                    reg, _ = token_ce_sums(logits, reg_labels)
                 else:
                     with torch.no_grad():
-                        before = teacher(batch.input_ids[chunk].to(device), batch.attention_mask[chunk].to(device))
-                    s, n = token_kl_sums(logits, before, reg_labels)
-                reg_sum, reg_n = reg_sum + s, reg_n + int(n)
+                        before = teacher(input_ids, attention_mask)
+                    reg, _ = token_kl_sums(logits, before, reg_labels)
                 if repair:  # a repaired answer is learned from the database, not from the drifted model
-                    s, n = token_ce_sums(logits, batch.fix_labels[chunk].to(device))
-                    reg_sum, reg_n = reg_sum + s, reg_n + int(n)
-            edit_loss = edit_sum / max(edit_n, 1)
-            loss = edit_loss + (hparams.reg_weight * reg_sum / reg_n if reg_n else 0.0)
-            return loss, float(edit_loss.detach())
+                    reg = reg + token_ce_sums(logits, batch.fix_labels[chunk].to(device))[0]
+                share = edit / edit_n + (hparams.reg_weight * reg / reg_n if reg_n else 0.0)
+                share.backward()
+                edit_sum += float(edit.detach())
+                total += float(share.detach())
+            return Accumulated(loss=total, metric=edit_sum / edit_n)
 
         adam = dict(steps=hparams.steps, lr=hparams.lr, weight_decay=hparams.weight_decay,
                     early_stop_loss=hparams.early_stop_loss, min_steps=hparams.min_steps,
