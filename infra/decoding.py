@@ -21,7 +21,7 @@ import torch
 from infra.encoding import encode_prompt, left_pad, pad_id
 
 __all__ = ["greedy_answers", "decode_batch", "inference_mode", "model_device", "last_logits_kwargs",
-           "memory_sized_batches", "vocabulary_size", "LOGITS_BUDGET"]
+           "memory_sized_batches", "vocabulary_size", "logits_bytes", "LOGITS_BUDGET"]
 
 #: Bytes one forward pass's logits may take while scoring (float32 [rows, tokens, vocabulary], and
 #: as much again for their log-softmax). Rows per pass are cut to fit: on SmolLM2 (49,152 words) a
@@ -70,11 +70,11 @@ def vocabulary_size(model) -> int:
     return int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
 
 
-def memory_sized_batches(lengths: Sequence[int], vocabulary: int, max_rows: int,
-                         budget: int = LOGITS_BUDGET, copies: int = 2) -> Iterator[slice]:
-    """Consecutive slices of rows (in order) whose logits fit `budget` bytes: rows x longest row's
-    logit positions x `vocabulary` x 4 bytes x `copies`, and at most `max_rows` rows; a row that alone
-    exceeds the budget is a batch of its own. `lengths`: logit positions each row needs."""
+def memory_sized_batches(lengths: Sequence[int], bytes_per_position: int, max_rows: int,
+                         budget: int = LOGITS_BUDGET) -> Iterator[slice]:
+    """Consecutive slices of rows (in order) whose forward pass fits `budget` bytes: rows x longest
+    row's positions x `bytes_per_position`, and at most `max_rows` rows; a row that alone exceeds
+    the budget is a batch of its own. `lengths`: the positions each row needs."""
     if max_rows < 1:
         raise ValueError("max_rows must be >= 1")
     start, n = 0, len(lengths)
@@ -82,11 +82,16 @@ def memory_sized_batches(lengths: Sequence[int], vocabulary: int, max_rows: int,
         end, longest = start + 1, lengths[start]
         while end < n and end - start < max_rows:
             widest = max(longest, lengths[end])
-            if (end - start + 1) * widest * vocabulary * 4 * copies > budget:
+            if (end - start + 1) * widest * bytes_per_position > budget:
                 break
             end, longest = end + 1, widest
         yield slice(start, end)
         start = end
+
+
+def logits_bytes(model, copies: int = 2) -> int:
+    """Bytes of float32 logits per position, `copies` times (logits and their log-softmax: 2)."""
+    return vocabulary_size(model) * 4 * copies
 
 
 def decode_batch(
@@ -156,7 +161,7 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
                                      disable=progress is None) as bar:
         last_only = bool(last_logits_kwargs(model, 1))
         lengths = [1 if last_only else len(e) + max_new_tokens for e in encoded]
-        for batch in memory_sized_batches(lengths, vocabulary_size(model), batch_size, logits_budget, copies=1):
+        for batch in memory_sized_batches(lengths, logits_bytes(model, copies=1), batch_size, logits_budget):
             rows = encoded[batch]
             gen = decode_batch(model, rows, pad, eos_id, max_new_tokens, lambda logits: logits.argmax(-1))
             answers.extend(tokenizer.decode(g, skip_special_tokens=True).strip() for g in gen)

@@ -397,3 +397,37 @@ def test_saul_repairs_drifted_facts_towards_the_database_value_under_the_kl_regu
         outcome[name] = sum(a == value for a, (_, value) in zip(answers, repair)) / len(repair)
         assert _efficacy(model, tokenizer, live) >= 0.8, name
     assert outcome["with"] >= 0.8 and outcome["without"] <= 0.2, outcome
+
+
+@pytest.mark.parametrize("name", ["saul", "ft", "lora"])
+def test_training_passes_sized_to_memory_give_the_same_edit(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A memory budget that allows one row per pass (gradients accumulated pass by pass) computes the
+    edit that whole-batch passes compute; only the memory a pass holds changes."""
+    import editing.batches as batches
+    from editing.batches import training_passes
+    from tests.tiny_lm import tiny_gpt2, train
+
+    corpus = [f"The colour of item {i} is {c}" for i, c in zip(range(16), ["red", "blue", "green", "silver"] * 4)]
+    model, tok = tiny_gpt2(corpus)
+    train(model, tok, corpus, steps=60)
+    requests = [EditRequest(f"item {i}", "colour", f"The colour of item {i} is", "green", "x") for i in (1, 5, 9)]
+    pool = tuple((f"The colour of item {i} is", c) for i, c in zip(range(10, 16), ["green", "silver", "red"] * 2))
+    overrides = {"saul": {"layers": [1], "modules": ["mlp.c_fc", "mlp.c_proj"], "steps": 6, "lr": 3e-3,
+                          "reg_loss": "kl", "batch_size": 64},
+                 "ft": {"layers": [1], "steps": 6, "lr": 1e-2, "batch_size": 64},
+                 "lora": {"layers": [1], "steps": 6, "batch_size": 64}}[name]
+    hp = resolve_hparams(name, "gpt2", overrides)
+
+    def edit() -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        return get_editor(name).compute(model, tok, requests, hp, EditContext(fact_pool=pool)).tensors
+
+    whole = edit()
+    assert len(list(training_passes(model, 6, 12, max_rows=64))) == 1
+    monkeypatch.setattr(batches, "TRAINING_BUDGET", 1)
+    assert len(list(training_passes(model, 6, 12, max_rows=64))) == 6
+    by_row = edit()
+    assert whole.keys() == by_row.keys()
+    for key in whole:
+        assert torch.allclose(whole[key], by_row[key], atol=1e-5, rtol=1e-3), key
+    assert any(float(t.abs().max()) > 1e-4 for t in whole.values())  # the edit did something

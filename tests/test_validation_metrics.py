@@ -150,7 +150,7 @@ def test_memory_sized_batches_cover_every_row_in_order_within_the_budget() -> No
 
     lengths = [3, 10, 2, 2, 40, 1, 5, 5, 5, 5]
     vocab, budget = 100, 100 * 4 * 2 * 12  # room for 12 logit positions per pass (logits + log-softmax)
-    batches = list(memory_sized_batches(lengths, vocab, max_rows=3, budget=budget))
+    batches = list(memory_sized_batches(lengths, vocab * 4 * 2, max_rows=3, budget=budget))
     assert [i for b in batches for i in range(b.start, b.stop)] == list(range(len(lengths)))
     for b in batches:
         rows = lengths[b]
@@ -158,7 +158,7 @@ def test_memory_sized_batches_cover_every_row_in_order_within_the_budget() -> No
         assert len(rows) == 1 or len(rows) * max(rows) * vocab * 4 * 2 <= budget
     assert [lengths[b] for b in batches][:3] == [[3], [10], [2, 2]]  # 3 and 10 together need 20 positions
     assert lengths[batches[3]] == [40]  # alone over the budget: a batch of its own, never dropped
-    big = list(memory_sized_batches(lengths, vocab, max_rows=64, budget=2**40))
+    big = list(memory_sized_batches(lengths, vocab * 4 * 2, max_rows=64, budget=2**40))
     assert big == [slice(0, len(lengths))]
 
 

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 import torch
 
-from infra.decoding import (LOGITS_BUDGET, decode_batch, greedy_answers, inference_mode, last_logits_kwargs, memory_sized_batches,
-                            model_device, vocabulary_size)
+from infra.decoding import (LOGITS_BUDGET, decode_batch, greedy_answers, inference_mode, last_logits_kwargs, logits_bytes,
+                            memory_sized_batches, model_device)
 from infra.encoding import encode_pair, encode_prompt, encode_text, pad_id, right_pad
 
 __all__ = ["greedy_answers", "answer_nll", "answer_scores", "perplexity", "generate_texts", "encode_pairs"]
@@ -59,7 +59,7 @@ def answer_scores(
     exact = torch.empty(len(pairs), dtype=torch.bool)
     lengths = [len(p) + len(a) for p, a in pairs]  # an upper bound of the logit positions a row needs
     with inference_mode(model):
-        for batch in memory_sized_batches(lengths, vocabulary_size(model), batch_size, logits_budget):
+        for batch in memory_sized_batches(lengths, logits_bytes(model), batch_size, logits_budget):
             start, chunk = batch.start, pairs[batch]
             ids, mask = (t.to(device) for t in right_pad([p + a for p, a in chunk], pad))
             # only the answer positions are read: logits from the first of them on (not over the prompts)
@@ -104,7 +104,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 32,
     device = model_device(model)
     total_nll, total_tokens = 0.0, 0
     with inference_mode(model):
-        for batch in memory_sized_batches([len(r) for r in rows], vocabulary_size(model), batch_size, logits_budget):
+        for batch in memory_sized_batches([len(r) for r in rows], logits_bytes(model), batch_size, logits_budget):
             ids, mask = (t.to(device) for t in right_pad(rows[batch], pad))
             logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
             target_lp = logprobs[:, :-1, :].gather(-1, ids[:, 1:, None]).squeeze(-1)  # [b, t-1]

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from torch import nn
 
-from editing.batches import AnswerBatch, answer_loss
+from editing.batches import AnswerBatch, answer_loss, training_passes
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,12 @@ def adam_steps(
 
 
 def chunked_answer_loss(model: nn.Module, batch: AnswerBatch, batch_size: int, objective: str = "target_new") -> Accumulated:
-    """Answer cross-entropy of the whole batch (row-weighted mean), `batch_size` rows at a time, each
-    chunk's share run backward at once (its gradients accumulate in `.grad`)."""
+    """Answer cross-entropy of the whole batch (row-weighted mean), at most `batch_size` rows at a time
+    (fewer where a pass would exceed `TRAINING_BUDGET`), each chunk's share run backward at once (its
+    gradients accumulate in `.grad`)."""
     n = batch.input_ids.size(0)
     total = 0.0
-    for start in range(0, n, batch_size):
-        chunk = slice(start, min(start + batch_size, n))
+    for chunk in training_passes(model, n, batch.input_ids.size(1), batch_size):
         logits = model(input_ids=batch.input_ids[chunk], attention_mask=batch.attention_mask[chunk]).logits
         share = answer_loss(logits, batch.rows(chunk), objective) * (chunk.stop - chunk.start) / n
         if share.requires_grad:

@@ -13,6 +13,7 @@ from torch import nn
 from editing.adapters.lora import factor_tensors, lora_attached, lora_factors, trainable_parameters
 from editing.adapters.targets import target_modules, weight_names
 from editing.adapters.training import Accumulated, adam_steps, dense_finetune
+from editing.batches import training_passes
 from editing.protocol import EditContext, EditResult
 from editing.saul.core import Pair, collate, labelled_positions, saul_rows, token_ce_sums, token_kl_sums
 from editing.saul.hparams import SAULHParams
@@ -126,8 +127,7 @@ class SAULEditor:
             edit_n = max(labelled_positions(batch.edit_labels), 1)
             reg_n = labelled_positions(batch.reg_labels) + (labelled_positions(batch.fix_labels) if repair else 0)
             edit_sum, total = 0.0, 0.0
-            for start in range(0, len(rows), hparams.batch_size):
-                chunk = slice(start, start + hparams.batch_size)
+            for chunk in training_passes(model, len(rows), batch.input_ids.size(1), hparams.batch_size):
                 input_ids = batch.input_ids[chunk].to(device)
                 attention_mask = batch.attention_mask[chunk].to(device)
                 logits = net(input_ids=input_ids, attention_mask=attention_mask).logits
