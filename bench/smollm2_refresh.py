@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> dict:
            "commands": {k: {kk: vv for kk, vv in v.items() if kk not in ("stdout", "rss")} for k, v in steps.items()},
            "refresh_steps": step_seconds(events), "after": table, "folder": str(folder),
            "model_mb": round(model_mb, 1), "step_peak_rss_mb": step_peaks(steps["refresh"]["rss"], events),
-           "refresh_rss": steps["refresh"]["rss"][::4]}
+           "refresh_rss": steps["refresh"]["rss"][::4], "code": args.code or time.strftime("%Y-%m-%d")}
     with (RESULTS / "smollm2_refresh.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
     return row
@@ -274,16 +274,18 @@ def memory_table(rows: list[dict]) -> list[str]:
     lines = ["", "## Peak memory per refresh step", "",
              "Resident memory of the `kus refresh` process, sampled every 0.25 s and cut into steps by the run's "
              "audit events (`start`: start-up and everything before the first event; each step ends at its own "
-             "event). `x model` divides the refresh's peak by the size of the model's weights on disk. "
+             "event). `x model` divides the refresh's peak by the size of the model's weights on disk; the last column "
+             "leaves out what the process holds before it loads a model (Python, torch, transformers, Prefect, GX). "
              "Plot: `smollm2_refresh_memory.png`.", "",
-             "| date | editor | changes | model MB | " + " | ".join(MEMORY_STEPS) + " | peak MB | x model |",
-             "|---|---|---:|---:|" + "---:|" * (len(MEMORY_STEPS) + 2)]
+             "| code | editor | changes | model MB | " + " | ".join(MEMORY_STEPS) + " | peak MB | x model | "
+             "(peak - start) / model |",
+             "|---|---|---:|---:|" + "---:|" * (len(MEMORY_STEPS) + 3)]
     for r in sampled:
         peaks = r["step_peak_rss_mb"]
         top = max(peaks.values())
-        lines.append(f"| {r['date']} | {r['editor']} | {r['changes']} | {r['model_mb']} | "
+        lines.append(f"| {r.get('code', r['date'])} | {r['editor']} | {r['changes']} | {r['model_mb']} | "
                      + " | ".join(str(peaks.get(s, "-")) for s in MEMORY_STEPS)
-                     + f" | {top} | {top / r['model_mb']:.1f} |")
+                     + f" | {top} | {top / r['model_mb']:.1f} | {(top - peaks['start']) / r['model_mb']:.1f} |")
     return lines
 
 
@@ -297,16 +299,16 @@ def plot_memory(rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in sampled:
         t0 = r["refresh_rss"][0][0]
         ax.plot([t - t0 for t, _ in r["refresh_rss"]], [mb for _, mb in r["refresh_rss"]],
-                label=f"{r['editor']}, {r['changes']} changes ({r['date']})")
+                label=f"{r['editor']}, {r['changes']} changes: {r.get('code', r['date'])[:60]}")
     ax.axhline(sampled[-1]["model_mb"], color="grey", linestyle=":", label="model weights")
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("RSS MB (kus refresh)")
     ax.set_title("Memory of a refresh on SmolLM2-135M, 2-core CPU")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6.5)
     fig.tight_layout()
     fig.savefig(RESULTS / "smollm2_refresh_memory.png", dpi=110)
 
@@ -341,6 +343,7 @@ def main() -> None:
     parser.add_argument("--editor", default="ultraedit")
     parser.add_argument("--changes", type=int, default=60)
     parser.add_argument("--scan", type=int, default=400, help="CounterFact records scanned for known facts")
+    parser.add_argument("--code", default=None, help="a label for the code this run measures (the memory table's first column)")
     parser.add_argument("--report", action="store_true", help="only write the table from the results file")
     args = parser.parse_args()
     if not args.report:
