@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,6 +79,11 @@ def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Pa
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     out = OUT_DIR / f"{plan.replace(',', '+')}-{mode}{'' if policy == 'gate' else '-' + policy}{'-' + tag if tag else ''}.jsonl"
     out.write_text("")
+    # what the series ran on, in every row: the same policy gives different series on another model build
+    from editing.model_io import load_model, weights_fingerprint
+
+    model_fingerprint = weights_fingerprint(load_model(model_dir)[0])[:12]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True).stdout.strip()
     rng = random.Random(0)
     seed = generate_catalogue(n_products=200)
     base = {(f.subject, f.relation): f.object for f in seed}
@@ -119,6 +125,7 @@ def run_sequence(plan: str, mode: str, refreshes: int, home: Path, model_dir: Pa
             agreement = run.metrics["agreement"]["after" if promoted else "before"]
             row = {
                 "refresh": refresh, "run": run_id, "plan": plan, "mode": run.metrics.get("mode"), "passed": passed,
+                "model_fingerprint": model_fingerprint, "commit": commit,
                 "promoted": promoted, "policy": policy,
                 "failed": [c["metric"] for c in validation["checks"] if not c["success"]],
                 "ledger": ledger, "targets": outcome.outstanding, "seconds": round(seconds, 1),
