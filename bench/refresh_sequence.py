@@ -161,14 +161,14 @@ def _with_deferred(agreement: dict, deferred: int) -> float | None:
 def process_footprint(ctx) -> dict:  # noqa: ANN001 - a ServiceContext
     """Resident memory, open file descriptors and database connections checked out now: flat over a
     long sequence, or something leaks."""
-    rss_kb = next((int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-                   if line.startswith("VmRSS:")), 0) if Path("/proc/self/status").exists() else 0
     fds = len(os.listdir("/proc/self/fd")) if Path("/proc/self/fd").exists() else -1
     pool = ctx.db.engine.pool
     import resource
 
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the high-water mark so far (Linux: kB)
-    return {"rss_mb": round(rss_kb / 1024, 1), "peak_rss_mb": round(peak_kb / 1024, 1), "open_fds": fds,
+    from infra.memory import resident_mb
+
+    return {"rss_mb": round(resident_mb(), 1), "peak_rss_mb": round(peak_kb / 1024, 1), "open_fds": fds,
             "db_connections": pool.checkedout() if hasattr(pool, "checkedout") else -1}
 
 

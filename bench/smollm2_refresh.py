@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from infra.memory import resident_mb  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 KUS = ROOT / ".venv" / "bin" / "kus"
@@ -84,17 +86,6 @@ def catalogue_files(known: list[dict], folder: Path, n_changes: int) -> tuple[in
     return len(facts), len(changed)
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of one process now (0 once it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 class RssSampler(threading.Thread):
     """Samples a process's resident memory every `every` seconds: (wall-clock time, MB) pairs, to be
     cut into the refresh's steps by the audit trail's timestamps (`step_peaks`)."""
@@ -106,7 +97,7 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.done.is_set():
-            mb = rss_mb(self.pid)
+            mb = resident_mb(self.pid)
             if mb:
                 self.samples.append((time.time(), round(mb, 1)))
             self.done.wait(self.every)

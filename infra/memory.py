@@ -32,10 +32,11 @@ def _libc() -> ctypes.CDLL | None:
     return libc if libc is not None and hasattr(libc, "malloc_trim") else None
 
 
-def resident_mb() -> float:
-    """This process's resident memory now, in MB (0 where /proc is missing)."""
+def resident_mb(pid: int | str = "self") -> float:
+    """A process's resident memory now, in MB (this one by default; 0 where /proc is missing or the
+    process is gone)."""
     try:
-        with open("/proc/self/status") as status:
+        with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024

@@ -415,28 +415,25 @@ def list_runs(session: Session, model_name: str | None = None, limit: int = 50) 
     return [_run(r) for r in session.scalars(query)]
 
 
+def _rejected(model_name: str) -> sa.Select:
+    """Ids of the rejected runs of `model_name` that computed a delta (joined with it)."""
+    return (
+        sa.select(RefreshRunRow.id)
+        .join(DeltaRow, DeltaRow.sha256 == RefreshRunRow.delta_sha)
+        .where(RefreshRunRow.model_name == model_name, RefreshRunRow.status == "rejected")
+    )
+
+
 def rejected_runs(session: Session, model_name: str, head: str | None) -> list[int]:
     """Ids of the runs of `model_name` that edited on top of `head` and were rejected, oldest first: a
     retry of the same outstanding facts should learn from them, not repeat them."""
     parent = DeltaRow.parent_sha.is_(None) if head is None else DeltaRow.parent_sha == head
-    query = (
-        sa.select(RefreshRunRow.id)
-        .join(DeltaRow, DeltaRow.sha256 == RefreshRunRow.delta_sha)
-        .where(RefreshRunRow.model_name == model_name, RefreshRunRow.status == "rejected", parent)
-        .order_by(RefreshRunRow.id)
-    )
-    return [int(run_id) for run_id in session.scalars(query)]
+    return [int(run_id) for run_id in session.scalars(_rejected(model_name).where(parent).order_by(RefreshRunRow.id))]
 
 
 def recent_rejected_runs(session: Session, model_name: str, limit: int) -> list[int]:
     """Ids of the newest `limit` rejected runs of `model_name` on any head, oldest first."""
-    query = (
-        sa.select(RefreshRunRow.id)
-        .join(DeltaRow, DeltaRow.sha256 == RefreshRunRow.delta_sha)
-        .where(RefreshRunRow.model_name == model_name, RefreshRunRow.status == "rejected")
-        .order_by(RefreshRunRow.id.desc())
-        .limit(limit)
-    )
+    query = _rejected(model_name).order_by(RefreshRunRow.id.desc()).limit(limit)
     return sorted(int(run_id) for run_id in session.scalars(query))
 
 
