@@ -348,3 +348,61 @@ def test_requests_whose_target_is_never_reached_are_named_and_not_written(editor
     assert set(result.unwritten) == {0, 1}
     assert all("nll" in why.lower() for why in result.unwritten.values())
     assert not [k for k in result.tensors if not k.startswith("state::")]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_target_vectors_replayed_above_the_shift_match_the_whole_model(family: str, tokenizer, monkeypatch):
+    """The blocks below the shifted one give the same hidden states in every step, so replaying
+    their cached output (and reading the LM head only at answer and fact tokens) must give the
+    target vectors that running the whole model every step gives; the model is left as it was."""
+    from editing.locate import target_vectors
+    from editing.locate.target_vectors import TargetSettings, optimise_targets
+    from editing.locate.upper_stack import UpperStack
+
+    model = tiny_model(family, len(tokenizer))
+    block = layout_of(model).block_module(1)
+    assert UpperStack.for_model(model, block) is not None
+    modules_before = dict(model.named_modules())
+    settings = TargetSettings(steps=8, lr=0.5, weight_decay=0.5, clamp_norm_factor=4.0, kl_factor=0.0625,
+                              early_stop_nll=0.05, fact_token="subject_last", batch_size=3)
+    prefixes = ("", "Shoppers compare. ")
+    replayed = optimise_targets(model, tokenizer, REQUESTS, block, settings, prefixes)
+    assert dict(model.named_modules()) == modules_before
+    monkeypatch.setattr(target_vectors, "REPLAY_BUDGET", 0)
+    whole = optimise_targets(model, tokenizer, REQUESTS, block, settings, prefixes)
+    assert replayed.steps == whole.steps == 8
+    assert float(replayed.delta.norm()) > 0
+    torch.testing.assert_close(replayed.h_init, whole.h_init, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(replayed.nll_first, whole.nll_first, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(replayed.delta, whole.delta, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(replayed.nll_last, whole.nll_last, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_key_statistics_end_the_forward_at_the_last_key_and_equal_a_whole_pass(family: str, tokenizer):
+    """The statistics read the inputs of the edited projections only, so the pass stops at the
+    highest one; C must equal the mean of k kᵀ over every token of a whole forward pass."""
+    from editing.locate.statistics import second_moments
+    from infra.encoding import encode_text
+
+    model = tiny_model(family, len(tokenizer))
+    layout = layout_of(model)
+    moments = second_moments(model, tokenizer, [1, 0], CORPUS, n_samples=len(CORPUS))
+    ran: list[str] = []
+    handles = [model.get_submodule(layout.block_module(i)).register_forward_pre_hook(lambda *_a, i=i: ran.append(i)) for i in range(3)]
+    try:
+        second_moments(model, tokenizer, [0], CORPUS, n_samples=2)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ran == [0], "blocks above the one with the last key read must not start"
+    for layer in (0, 1):
+        keys = []
+        for text in CORPUS:
+            ids = torch.tensor([encode_text(tokenizer, text)])
+            with capture(model, [layout.mlp_out_module(layer)], kind="input") as seen:
+                model(input_ids=ids)
+            keys.append(seen[layout.mlp_out_module(layer)][0].double())
+        k = torch.cat(keys)
+        torch.testing.assert_close(moments[layer].mom2, (k.T @ k / len(k)).float(), atol=1e-5, rtol=1e-4)
+        assert moments[layer].tokens == len(k)

@@ -97,3 +97,28 @@ def add_at_positions(
         yield
     finally:
         handle.remove()
+
+
+class StopForward(Exception):
+    """Raised by `stopping_after` once the module whose output is needed has run."""
+
+
+@contextmanager
+def stopping_after(model: nn.Module, name: str, kind: str = "output") -> Iterator[None]:
+    """End every forward pass at module `name` (before it runs with `kind="input"`, after it with
+    "output"): the caller reads what it needs through `capture` and the blocks above never run.
+
+    The forward raises `StopForward`, which this context swallows; hooks registered before it (a
+    `capture` entered first) have run by then."""
+    module = get_module(model, name)
+
+    def stop(*_args: Any) -> None:
+        raise StopForward
+
+    handle = module.register_forward_pre_hook(stop) if kind == "input" else module.register_forward_hook(stop)
+    try:
+        yield
+    except StopForward:
+        pass
+    finally:
+        handle.remove()

@@ -25,7 +25,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from editing.architecture import layout_of
-from editing.locate.hooks import capture
+from editing.locate.hooks import capture, stopping_after
 from editing.protocol import BlobCache
 from infra.encoding import encode_text, pad_id, right_pad
 from infra.errors import InvalidInput
@@ -80,13 +80,14 @@ def _accumulate(model: nn.Module, tokenizer: Any, modules: Sequence[str], texts:
     pad = pad_id(tokenizer)
     encoded = [encode_text(tokenizer, t, max_length=max_length) for t in texts]
     encoded = [e for e in encoded if e]
+    last = max(modules, key=lambda name: list(dict(model.named_modules())).index(name))
     # sort by length so batches carry little padding
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     for start in range(0, len(order), batch_size):
         ids, mask = right_pad([encoded[i] for i in order[start : start + batch_size]], pad)
         ids, mask = ids.to(device), mask.to(device)
-        with capture(model, modules, kind="input") as seen:
-            model(input_ids=ids, attention_mask=mask)
+        with capture(model, modules, kind="input") as seen, stopping_after(model, last, kind="input"):
+            model(input_ids=ids, attention_mask=mask)  # ends at the last key read: the blocks above never run
         keep = mask.bool()
         for name in modules:
             keys = seen[name][keep].double()  # [N, d0]

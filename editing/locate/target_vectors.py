@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -33,6 +34,7 @@ from torch import nn
 
 from editing.locate.hooks import add_at_positions
 from editing.locate.keys import EncodedRows, encode_prompts, first_rows, read_at_fact_tokens
+from editing.locate.upper_stack import UpperStack
 from editing.protocol import BlobCache
 from infra.domain import EditRequest
 from infra.errors import InvalidInput
@@ -63,21 +65,6 @@ class TargetResult:
     nll_last: torch.Tensor  # [n]
     steps: int
     row_passes: int = 0  # forward+backward row evaluations spent (the optimisation's cost)
-
-
-def _answer_nll(logits: torch.Tensor, rows: EncodedRows) -> torch.Tensor:
-    """Mean NLL of each row's answer tokens (teacher forcing) -> [R]."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)  # [R, T, V]
-    width = logits.size(1)
-    pos = torch.arange(width, device=logits.device)[None, :]  # [1, T]
-    start, length = rows.answer_start[:, None], rows.answer_len[:, None]
-    in_answer = (pos >= start) & (pos < start + length)  # [R, T] target positions
-    targets = rows.input_ids.clone()
-    # the token at position t is predicted at t-1
-    pred = torch.zeros_like(log_probs[..., 0])
-    pred[:, 1:] = log_probs[:, :-1].gather(2, targets[:, 1:, None]).squeeze(2)
-    nll = -(pred * in_answer).sum(1) / in_answer.sum(1).clamp(min=1)
-    return nll
 
 
 def essence_rows(tokenizer: Any, requests: Sequence[EditRequest], settings: TargetSettings) -> EncodedRows:
@@ -186,22 +173,24 @@ def _optimise_group(
     prefixes: Sequence[str],
 ) -> TargetResult:
     """One joint optimisation. A request whose NLL falls below `early_stop_nll` is frozen and its
-    rows leave the batch, as it would stop in the one-at-a-time loop; the rest go on."""
+    rows leave the batch, as it would stop in the one-at-a-time loop; the rest go on.
+
+    Where the model allows it (`UpperStack`), the blocks up to `layer_module` run once per row and
+    each step runs only the blocks above and the LM head at the positions the loss reads."""
     device = next(model.parameters()).device
     n = len(requests)
     rows = encode_prompts(
         tokenizer, [r.prompt for r in requests], [r.subject for r in requests], settings.fact_token, prefixes,
         answers=[r.target_new for r in requests],
     ).to(device)
-    h_all = read_at_fact_tokens(model, rows, [layer_module], kind="output", batch_size=settings.batch_size)[layer_module]
-    h_init = h_all[first_rows(rows).to(device)]  # [n, d]
+    kl_rows = essence_rows(tokenizer, requests, settings).to(device) if settings.kl_factor > 0 else None
+    runner = _Runner.for_rows(model, layer_module, settings.batch_size, rows, kl_rows)
+    h_init = runner.fact_hidden()[first_rows(rows).to(device)]  # [n, d]
 
-    kl_rows: EncodedRows | None = None
     kl_ref: torch.Tensor | None = None
-    if settings.kl_factor > 0:
-        kl_rows = essence_rows(tokenizer, requests, settings).to(device)
+    if kl_rows is not None:
         with torch.no_grad():
-            kl_ref = _kl_log_probs(model, kl_rows, settings.batch_size)  # [n, V]
+            kl_ref = runner.kl_log_probs(torch.arange(n, device=device), None)  # [n, V]
 
     torch.manual_seed(settings.seed)
     delta = torch.zeros(n, h_init.size(1), device=device, requires_grad=True)
@@ -218,18 +207,17 @@ def _optimise_group(
         p.requires_grad_(False)
     try:
         for step in range(settings.steps):
-            live = rows.chunk(torch.nonzero(active[rows.request]).squeeze(1))
+            live_index = torch.nonzero(active[rows.request]).squeeze(1)
             optimizer.zero_grad(set_to_none=True)
             nll_req = torch.zeros(n, device=device)
-            for start in range(0, len(live), settings.batch_size):
-                part = live.chunk(slice(start, start + settings.batch_size))
-                with add_at_positions(model, layer_module, torch.arange(len(part), device=device), part.fact_pos, delta[part.request]):
-                    logits = model(input_ids=part.input_ids, attention_mask=part.attention_mask).logits
-                row_nll = _answer_nll(logits, part)  # [r]
+            for start in range(0, len(live_index), settings.batch_size):
+                index = live_index[start : start + settings.batch_size]
+                part = rows.chunk(index)
+                row_nll = runner.answer_nll(index, part, delta)  # [r]
                 contrib = torch.zeros(n, device=device).index_add(0, part.request, row_nll) / counts
                 contrib.sum().backward()
                 nll_req = nll_req + contrib.detach()
-            row_passes += len(live)
+            row_passes += len(live_index)
             measured = nll_req.cpu()
             if step == 0:
                 nll_first = measured.clone()
@@ -240,8 +228,8 @@ def _optimise_group(
                 break
             idx = torch.nonzero(active).squeeze(1)
             extra = settings.weight_decay * (delta[idx].norm(dim=1) / norm2[idx])  # [a]
-            if kl_rows is not None and kl_ref is not None:
-                kl_now = _kl_log_probs(model, kl_rows.chunk(idx), settings.batch_size, layer_module, delta)
+            if kl_ref is not None:
+                kl_now = runner.kl_log_probs(idx, delta)
                 kl = F.kl_div(kl_now, kl_ref[idx], log_target=True, reduction="none").sum(-1)  # [a]
                 extra = extra + settings.kl_factor * kl
             extra.sum().backward()
@@ -255,23 +243,95 @@ def _optimise_group(
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(frozen[name])
-    log.info("targets: %d requests, %d steps, %d row passes, mean nll %.3f -> %.3f",
-             n, steps, row_passes, float(nll_first.mean()), float(nll_last.mean()))
+    log.info("targets: %d requests, %d steps, %d row passes, mean nll %.3f -> %.3f%s",
+             n, steps, row_passes, float(nll_first.mean()), float(nll_last.mean()),
+             "" if runner.stack is None else " (blocks above the shift only)")
     return TargetResult(delta.detach().float(), h_init.float(), nll_first, nll_last, steps, row_passes)
 
 
-def _kl_log_probs(
-    model: nn.Module, rows: EncodedRows, batch_size: int, layer_module: str | None = None, delta: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Log next-token distribution at each row's fact token, optionally with δ added -> [R, V]."""
-    outs = []
-    for start in range(0, len(rows), batch_size):
-        part = rows.chunk(slice(start, start + batch_size))
-        if layer_module is not None and delta is not None:
-            rows_index = torch.arange(len(part), device=part.input_ids.device)
-            with add_at_positions(model, layer_module, rows_index, part.fact_pos, delta[part.request]):
-                logits = model(input_ids=part.input_ids, attention_mask=part.attention_mask).logits
-        else:
-            logits = model(input_ids=part.input_ids, attention_mask=part.attention_mask).logits
-        outs.append(torch.log_softmax(logits[torch.arange(len(part), device=logits.device), part.fact_pos].float(), dim=-1))
-    return torch.cat(outs)
+#: Block outputs cached for replay at most this large (bytes); above it every step runs the whole model.
+REPLAY_BUDGET = 1 << 30
+
+
+def answer_positions(rows: EncodedRows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each row's answer tokens are predicted: (row, position, token), one entry per token.
+
+    The token at position t is predicted at t-1, so an answer at [start, start+len) is read at
+    [start-1, start+len-1)."""
+    lens = rows.answer_len
+    row = torch.repeat_interleave(torch.arange(len(rows), device=lens.device), lens)
+    within = torch.arange(int(lens.sum()), device=lens.device) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+    position = rows.answer_start[row] + within - 1
+    return row, position, rows.input_ids[row, position + 1]
+
+
+@dataclass
+class _Runner:
+    """Forward passes of the optimisation: whole-model, or replayed above the shifted block."""
+
+    model: nn.Module
+    layer_module: str
+    batch_size: int
+    rows: EncodedRows
+    kl_rows: EncodedRows | None
+    stack: UpperStack | None
+    cached: torch.Tensor | None  # [R, T, d] block outputs of `rows`
+    kl_cached: torch.Tensor | None
+
+    @classmethod
+    def for_rows(cls, model: nn.Module, layer_module: str, batch_size: int, rows: EncodedRows, kl_rows: EncodedRows | None) -> "_Runner":
+        stack = UpperStack.for_model(model, layer_module)
+        width = model.get_input_embeddings().embedding_dim
+        tokens = rows.input_ids.numel() + (kl_rows.input_ids.numel() if kl_rows is not None else 0)
+        cached = kl_cached = None
+        if stack is not None and tokens * width * 4 <= REPLAY_BUDGET:
+            cached = stack.block_outputs(rows.input_ids, rows.attention_mask, batch_size)
+            if cached is not None and kl_rows is not None:
+                kl_cached = stack.block_outputs(kl_rows.input_ids, kl_rows.attention_mask, batch_size)
+        if cached is None:
+            stack = None
+        return cls(model, layer_module, batch_size, rows, kl_rows, stack, cached, kl_cached)
+
+    def fact_hidden(self) -> torch.Tensor:
+        """Block L's output at every row's fact token: [R, d]."""
+        if self.cached is not None:
+            return self.cached[torch.arange(len(self.rows), device=self.cached.device), self.rows.fact_pos]
+        return read_at_fact_tokens(self.model, self.rows, [self.layer_module], kind="output", batch_size=self.batch_size)[self.layer_module]
+
+    def _logits_at(self, part: EncodedRows, cached: torch.Tensor | None, delta: torch.Tensor | None,
+                   at_rows: torch.Tensor, at_positions: torch.Tensor) -> torch.Tensor:
+        """Logits [N, V] at (at_rows, at_positions) of `part` with δ added at its fact tokens."""
+        shift = (
+            add_at_positions(self.model, self.layer_module, torch.arange(len(part), device=part.input_ids.device),
+                             part.fact_pos, delta[part.request])
+            if delta is not None else nullcontext()
+        )
+        if self.stack is None or cached is None:
+            with shift:
+                logits = self.model(input_ids=part.input_ids, attention_mask=part.attention_mask).logits
+            return logits[at_rows, at_positions]
+        with self.stack.replaying() as replay, shift:  # the hook must find the replayed block
+            replay.value = cached
+            hidden = self.stack.final_hidden(part.input_ids, part.attention_mask)
+        return self.stack.logits_at(hidden, at_rows, at_positions)
+
+    def answer_nll(self, index: torch.Tensor, part: EncodedRows, delta: torch.Tensor) -> torch.Tensor:
+        """Mean NLL of each row's answer tokens (teacher forcing) with δ added -> [r]."""
+        at_rows, at_positions, tokens = answer_positions(part)
+        cached = self.cached[index] if self.cached is not None else None
+        log_probs = torch.log_softmax(self._logits_at(part, cached, delta, at_rows, at_positions).float(), dim=-1)
+        token_nll = -log_probs.gather(1, tokens[:, None]).squeeze(1)
+        sums = torch.zeros(len(part), device=token_nll.device).index_add(0, at_rows, token_nll)
+        return sums / part.answer_len.clamp(min=1)
+
+    def kl_log_probs(self, requests: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
+        """Log next-token distribution at the KL rows' fact tokens (row i is request i) -> [a, V]."""
+        assert self.kl_rows is not None
+        outs = []
+        for start in range(0, len(requests), self.batch_size):
+            index = requests[start : start + self.batch_size]
+            part = self.kl_rows.chunk(index)
+            cached = self.kl_cached[index] if self.kl_cached is not None else None
+            at_rows = torch.arange(len(part), device=part.input_ids.device)
+            outs.append(torch.log_softmax(self._logits_at(part, cached, delta, at_rows, part.fact_pos).float(), dim=-1))
+        return torch.cat(outs)
