@@ -42,7 +42,8 @@ def main() -> None:
         for label in ("first run (builds the model)", "second run (cached model, next batch)"):
             seconds, out = run_once(home, args.size)
             accuracy = next((line for line in out.splitlines() if "catalogue facts answered" in line), "").strip()
-            rows.append((label, seconds, accuracy))
+            approved = out.count("approved by demo-reviewer")  # a refresh that fails its gate is rejected (exit 3)
+            rows.append((label, seconds, accuracy, approved))
             print(f"{label}: {seconds:.0f} s")
     cpus = os.cpu_count()
     lines = [
@@ -50,11 +51,12 @@ def main() -> None:
         "",
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, {cpus} CPU cores, no GPU.",
         "",
-        "| run | seconds | model |",
-        "|---|---:|---|",
-        *[f"| {label} | {seconds:.0f} | {acc} |" for label, seconds, acc in rows],
+        "| run | seconds | refreshes that passed the retention suite and were approved | model |",
+        "|---|---:|---:|---|",
+        *[f"| {label} | {seconds:.0f} | {approved} of 2 | {acc} |" for label, seconds, acc, approved in rows],
         "",
-        "Target: the whole job under 300 s on a 2-core machine.",
+        "Target: the whole job under 300 s on a 2-core machine, every refresh passing its gate with no override",
+        "(`kus demo` exits 3 when a refresh fails its gate and the reviewer rejects it; the bench stops on it).",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
