@@ -84,9 +84,11 @@ def score(model, tok, edited: list[dict], locality_before: dict[str, str], heldo
 
 def run_editor(name: str, model, tok, known: list[dict], heldout: list[str], args, base_ppl: float,
                locality_before: dict[str, str], label: str | None = None, overrides: dict | None = None,
-               out_dir: Path = OUT_DIR, pool: tuple[tuple[str, str], ...] = ()) -> list[dict]:
+               out_dir: Path = OUT_DIR, pool: tuple[tuple[str, str], ...] = (), cache=None) -> list[dict]:
     """Edit `known` batch after batch with editor `name` (and `overrides`); a results line per batch
-    in `out_dir/<label>.jsonl`. `pool`: (prompt, answer) facts a rehearsing editor (SAUL) keeps."""
+    in `out_dir/<label>.jsonl`. `pool`: (prompt, answer) facts a rehearsing editor (SAUL) keeps.
+    `cache`: a blob cache shared by the editors of one run (key statistics of the base model are
+    computed once per layer and corpus; each editor's first batch computes on the base)."""
     from tqdm import tqdm
 
     from editing.delta import Delta
@@ -99,7 +101,7 @@ def run_editor(name: str, model, tok, known: list[dict], heldout: list[str], arg
     editor = get_editor(name)
     label = label or name
     hparams = hparams_for_model(name, model, (json.loads(args.hparams) if args.hparams else {}) | (overrides or {}))
-    cache = MemoryBlobCache()
+    cache = cache if cache is not None else MemoryBlobCache()
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / f"{label}.jsonl"
     out_path.write_text("")
@@ -112,7 +114,7 @@ def run_editor(name: str, model, tok, known: list[dict], heldout: list[str], arg
             requests = [EditRequest(subject=r["subject"], relation=f"cf{r['case_id']}", prompt=r["prompt"],
                                     target_new=r["target_new"], target_true=r["ground_truth"],
                                     paraphrases=()) for r in batch]
-            context = EditContext(state=carried, cache=cache, corpus=tuple(heldout[len(heldout) // 2:]) if args.corpus else (),
+            context = EditContext(state=carried, cache=cache, corpus=stats_corpus(args, heldout),
                                   model_fingerprint=base, fact_pool=pool)
             started = time.perf_counter()
             result = editor.compute(model, tok, requests, hparams, context)
@@ -136,6 +138,14 @@ def run_editor(name: str, model, tok, known: list[dict], heldout: list[str], arg
             handle.revert()
     assert weights_fingerprint(model) == base, "reverting every delta must restore the base bit for bit"
     return rows
+
+
+def stats_corpus(args, heldout: list[str]) -> tuple[str, ...]:
+    """Generic text for the editors: a file (`--corpus-file`, e.g. `kus corpus pull lee-news`), or the
+    sentences of records never edited (`--corpus`), or none."""
+    if getattr(args, "corpus_file", None):
+        return tuple(line.strip() for line in Path(args.corpus_file).read_text().splitlines() if line.strip())
+    return tuple(heldout[len(heldout) // 2:]) if args.corpus else ()
 
 
 def sweep_report(tag: str | None = None) -> None:
@@ -223,6 +233,7 @@ def main() -> None:
                         help="a fact pool for rehearsing editors (SAUL): up to N records the model does not know, "
                              "with its own greedy answers (never an edited, locality or held-out record)")
     parser.add_argument("--corpus", action="store_true", help="give the editors generic text (unedited records' sentences)")
+    parser.add_argument("--corpus-file", default=None, help="give the editors this generic text (one per line), e.g. var/corpora/lee-news.txt")
     parser.add_argument("--candidates", default=None,
                         help='JSON {label: {"_editor": name, hyperparameter: value, ...}}: a settings sweep, '
                              "results in counterfact/sweep/ and counterfact_smollm2_sweep.md")
@@ -267,16 +278,19 @@ def main() -> None:
         others = [r["prompt"] for r in records if r["case_id"] not in known_ids][: args.pool]
         pool = tuple((p, a) for p, a in zip(others, greedy_answers(model, tok, others, max_new_tokens=4)) if a)
         print(f"fact pool: {len(pool)} unknown records' prompts with the model's own answers")
+    from editing.protocol import MemoryBlobCache
+
+    cache = MemoryBlobCache()
     if args.candidates:
         for label, spec in json.loads(args.candidates).items():
             overrides = {k: v for k, v in spec.items() if k != "_editor"}
             run_editor(spec["_editor"], model, tok, known, heldout, args, base_ppl, locality_before,
-                       label=label, overrides=overrides, out_dir=sweep_dir, pool=pool)
+                       label=label, overrides=overrides, out_dir=sweep_dir, pool=pool, cache=cache)
             sweep_report(args.tag)
         return
     command = "OMP_NUM_THREADS=1 ./dev.sh bench counterfact_smollm2 " + " ".join(sys.argv[1:])
     for name in [e.strip() for e in args.editors.split(",") if e.strip()]:
-        run_editor(name, model, tok, known, heldout, args, base_ppl, locality_before, out_dir=out_dir, pool=pool)
+        run_editor(name, model, tok, known, heldout, args, base_ppl, locality_before, out_dir=out_dir, pool=pool, cache=cache)
         report(args.tag, command if args.tag else None)
 
 
