@@ -36,7 +36,7 @@ from infra.memory import resident_mb  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 KUS = ROOT / ".venv" / "bin" / "kus"
-COLUMNS = ("date", "editor", "facts", "changes", "answer match", "threads", "refresh s", "sets", "edit",
+COLUMNS = ("date", "editor", "facts", "changes", "answer match", "threads", "stats corpus", "refresh s", "sets", "edit",
            "evaluate", "validate", "refresh peak RSS MB", "doctor peak MB", "efficacy_gen", "paraphrase_gen",
            "neighbourhood_unchanged", "unrelated_unchanged", "perplexity_drift", "agreement_changed", "unchanged_kept",
            "status")
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> dict:
     n_facts, n_changes = catalogue_files(known, folder, args.changes)
     env = {**os.environ, "KUS_HOME": str(folder / "home"), "KUS_BASE_MODEL": str(args.model),
            "KUS_MODEL_NAME": "smollm2-135m", "KUS_TEMPLATES": str(folder / "templates.yaml"),
-           "KUS_HELDOUT_TEXT": str(folder / "heldout.txt"), "KUS_STATS_CORPUS": str(folder / "generic.txt"),
+           "KUS_HELDOUT_TEXT": str(folder / "heldout.txt"), "KUS_STATS_CORPUS": str(Path(args.corpus_file).resolve() if args.corpus_file else folder / "generic.txt"),
            "KUS_EDITOR": args.editor, "KUS_USER": "catalogue-bot", "HF_HUB_OFFLINE": "1"}
     for key in ("KUS_DATABASE_URL", "KUS_DELTA_STORE", "PREFECT_API_URL"):
         env.pop(key, None)
@@ -222,7 +222,8 @@ def run(args: argparse.Namespace) -> dict:
            "commands": {k: {kk: vv for kk, vv in v.items() if kk not in ("stdout", "rss")} for k, v in steps.items()},
            "refresh_steps": step_seconds(events), "after": table, "folder": str(folder),
            "model_mb": round(model_mb, 1), "step_peak_rss_mb": step_peaks(steps["refresh"]["rss"], events),
-           "refresh_rss": steps["refresh"]["rss"][::4], "code": args.code or time.strftime("%Y-%m-%d")}
+           "refresh_rss": steps["refresh"]["rss"][::4], "code": args.code or time.strftime("%Y-%m-%d"),
+           "stats_corpus": Path(args.corpus_file).stem if args.corpus_file else "counterfact"}
     with (RESULTS / "smollm2_refresh.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
     return row
@@ -235,13 +236,14 @@ def report() -> None:
              "shape), the first N records' counterfactual objects as the changes; every step a `kus` command in its "
              "own process. Peak RSS per command from `/usr/bin/time`; the refresh's steps from the gaps between its audit "
              "events (`refresh s` also holds start-up, model loading and ingest). Plot: `smollm2_refresh.png`. Command, "
-             "one row each: `OMP_NUM_THREADS=1 ./dev.sh bench smollm2_refresh --editor EDITOR --changes 60`.", "",
+             "one row each: `OMP_NUM_THREADS=1 ./dev.sh bench smollm2_refresh --editor EDITOR --changes 60 [--corpus-file FILE]`.", "",
              "| " + " | ".join(COLUMNS) + " |",
              "|" + "|".join("---" if c in ("date", "editor", "answer match", "status") else "---:" for c in COLUMNS) + "|"]
     for r in rows:
         s, c, a = r["refresh_steps"], r["commands"], r["after"]
         lines.append(
-            f"| {r['date']} | {r['editor']} | {r['facts']} | {r['changes']} | {r.get('answer_match', 'exact')} | {r['threads']} | {c['refresh']['seconds']} | "
+            f"| {r['date']} | {r['editor']} | {r['facts']} | {r['changes']} | {r.get('answer_match', 'exact')} | {r['threads']} | "
+            f"{r.get('stats_corpus', 'counterfact')} | {c['refresh']['seconds']} | "
             f"{s.get('build_sets', '-')} | {s.get('edit', '-')} | {s.get('evaluate', '-')} | "
             f"{s.get('validate', '-')} | {c['refresh']['peak_rss_mb']} | {c['doctor']['peak_rss_mb']} | "
             f"{a.get('efficacy_gen', '-')} | {a.get('paraphrase_gen', '-')} | {a.get('neighbourhood_unchanged', '-')} | "
@@ -334,6 +336,9 @@ def main() -> None:
     parser.add_argument("--editor", default="ultraedit")
     parser.add_argument("--changes", type=int, default=60)
     parser.add_argument("--scan", type=int, default=400, help="CounterFact records scanned for known facts")
+    parser.add_argument("--corpus-file", default=None,
+                        help="KUS_STATS_CORPUS for the refresh (e.g. var/corpora/lee-news.txt); default: sentences of "
+                             "known records that are not in the catalogue's changes")
     parser.add_argument("--code", default=None, help="a label for the code this run measures (the memory table's first column)")
     parser.add_argument("--report", action="store_true", help="only write the table from the results file")
     args = parser.parse_args()
