@@ -237,6 +237,7 @@ def main() -> None:
     parser.add_argument("--candidates", default=None,
                         help='JSON {label: {"_editor": name, hyperparameter: value, ...}}: a settings sweep, '
                              "results in counterfact/sweep/ and counterfact_smollm2_sweep.md")
+    parser.add_argument("--suffix", default="", help="appended to each editor's series name (e.g. -b100 for another batch size)")
     parser.add_argument("--report", action="store_true", help="only write the table and plot from the results files")
     parser.add_argument("--tag", default=None,
                         help="results under counterfact/TAG/ and counterfact_TAG.md/.png (another --model); "
@@ -290,7 +291,8 @@ def main() -> None:
         return
     command = "OMP_NUM_THREADS=1 ./dev.sh bench counterfact_smollm2 " + " ".join(sys.argv[1:])
     for name in [e.strip() for e in args.editors.split(",") if e.strip()]:
-        run_editor(name, model, tok, known, heldout, args, base_ppl, locality_before, out_dir=out_dir, pool=pool, cache=cache)
+        run_editor(name, model, tok, known, heldout, args, base_ppl, locality_before, out_dir=out_dir, pool=pool, cache=cache,
+                   label=f"{name}{args.suffix}")
         report(args.tag, command if args.tag else None)
 
 
