@@ -237,7 +237,7 @@ def main() -> None:
     parser.add_argument("--candidates", default=None,
                         help='JSON {label: {"_editor": name, hyperparameter: value, ...}}: a settings sweep, '
                              "results in counterfact/sweep/ and counterfact_smollm2_sweep.md")
-    parser.add_argument("--suffix", default="", help="appended to each editor's series name (e.g. -b100 for another batch size)")
+    parser.add_argument("--suffix", default="", help="appended to each editor's series name (e.g. --suffix=-b100 for another batch size)")
     parser.add_argument("--report", action="store_true", help="only write the table and plot from the results files")
     parser.add_argument("--tag", default=None,
                         help="results under counterfact/TAG/ and counterfact_TAG.md/.png (another --model); "
