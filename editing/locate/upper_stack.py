@@ -6,11 +6,12 @@ few positions only (the answer tokens, or the fact token for the KL term). So th
 are run once per row and their output is cached; each step replays that output and runs the
 blocks above, the final norm, and the LM head at the read positions only::
 
-    stack = UpperStack.for_model(model, "model.layers.8")    # None where replay is not possible
-    cached = stack.block_outputs(rows, batch_size=32)         # [R, T, d], once
-    with stack.replaying(cached[index]):                      # blocks 0..8 return the cache
-        hidden = stack.final_hidden(input_ids, attention_mask)
-    logits = stack.logits_at(hidden, rows_index, positions)   # [N, V]
+    stack = UpperStack.for_model(model, "model.layers.8")           # None where replay is not possible
+    cached = stack.block_outputs(input_ids, attention_mask, 32)      # [R, T, d], once
+    with stack.replaying() as replay:                                # blocks 0..8 return the cache
+        replay.value = cached[index]
+        hidden = stack.final_hidden(input_ids[index], attention_mask[index])
+    logits = stack.logits_at(hidden, rows, positions)                # [N, V]
 
 Replay needs blocks that return their hidden state as a tensor (transformers 5 does for every
 supported family); a block returning a tuple gets no replay, and the full forward runs instead.
