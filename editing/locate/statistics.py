@@ -80,7 +80,8 @@ def _accumulate(model: nn.Module, tokenizer: Any, modules: Sequence[str], texts:
     pad = pad_id(tokenizer)
     encoded = [encode_text(tokenizer, t, max_length=max_length) for t in texts]
     encoded = [e for e in encoded if e]
-    last = max(modules, key=lambda name: list(dict(model.named_modules())).index(name))
+    module_order = [name for name, _ in model.named_modules()]
+    last = max(modules, key=module_order.index)  # the highest key read: each pass ends there
     # sort by length so batches carry little padding
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     for start in range(0, len(order), batch_size):
